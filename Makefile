@@ -1,0 +1,46 @@
+# vap-platform. A newcomer runs `make demo`, then `make test`; each sets itself up first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Setup is keyed on the lock and the project file: unchanged → `make setup` is a no-op.
+SETUP_KEY := $(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.setup-$(SETUP_KEY)
+
+# DeepSpeed's CPU ops are JIT-compiled once into the venv (`make setup` warms them).
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch-extensions
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup demo test test-fast lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv from requirements.lock, install vap, warm DeepSpeed ops (idempotent)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==25.3" "setuptools==80.9.0" wheel
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m vap.training.warmup
+	rm -f $(VENV)/.setup-*
+	touch $@
+
+demo: setup ## the whole loop on this machine: synth data → shards → train → register → promote
+	$(BIN)/vap demo
+
+test: setup ## all tests (slow end-to-end ones included)
+	$(BIN)/pytest
+
+test-fast: setup ## tests without the slow end-to-end ones
+	$(BIN)/pytest -m "not slow"
+
+lint: setup ## ruff
+	$(BIN)/ruff check platform training datasets operators tests benchmarks
+
+clean: ## remove the venv and demo state
+	rm -rf $(VENV) .vap-demo

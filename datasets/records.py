@@ -1,0 +1,55 @@
+"""What flows between ingest, pairing and shard building: plain, immutable records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CATEGORIES = ("concept", "style", "motion", "camera")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One validated video clip with its labels."""
+
+    id: str  # stable: derived from the clip's path relative to the dataset root
+    uri: str  # path or s3:// URI of the mp4
+    caption: str
+    condition: str  # semantic condition label (VAP-Data's `kind`)
+    category: str  # one of CATEGORIES
+    split: str = "train"
+    alignment_score: float | None = None
+    refs: tuple[str, ...] = ()  # ids of clips listed as references (VAP-Data `ref_video_paths`)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A clip or row that failed validation: kept in the quarantine report, never dropped silently."""
+
+    source: str  # the file or `manifest.csv:row 12`
+    reason: str  # short code counted in summaries, e.g. "undecodable", "too_few_frames", "missing_caption"
+    detail: str  # one line naming the input and the fix
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A reference/target pair sharing one condition (never a clip with itself)."""
+
+    target: Clip
+    reference: Clip
+    split: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.target.id}<-{self.reference.id}"
+
+
+@dataclass
+class IngestResult:
+    clips: list[Clip] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def reasons(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.rejected:
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+        return dict(sorted(counts.items()))

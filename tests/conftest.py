@@ -1,0 +1,122 @@
+"""Shared fixtures: one real S3 server (moto over HTTP), one MLflow tracking server and one
+local Ray cluster per test session — starting them per test would cost minutes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{what} not ready at {url} after {timeout}s")
+
+
+def _start(cmd: list[str], url: str, what: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_http(url, proc, what)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint on a free loopback port; exports the standard endpoint variables."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = _start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], url + "/moto-api/", "moto S3 server", log)
+    env = {
+        "AWS_ENDPOINT_URL": url, "S3_ENDPOINT_URL": url, "MLFLOW_S3_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture()
+def s3_bucket(s3_server, request):
+    """A fresh bucket per test: s3://<name>."""
+    import boto3
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid() % 1000}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real MLflow tracking server (sqlite store, artifacts proxied to the S3 server)."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="mlflow-artifacts")
+    port = free_port()
+    root = tmp_path_factory.mktemp("mlflow")
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--artifacts-destination", "s3://mlflow-artifacts/", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(cmd, url + "/health", "MLflow server", root / "mlflow.log")
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session (ray.init costs 5–14 s on 2 cores)."""
+    import ray
+
+    # Workers inherit the driver's environment (S3 endpoint, DS_ACCELERATOR).
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory):
+    """Tiny random backbones of both families in the real hub layout."""
+    from vap.training.tiny import make_tiny_backbone
+
+    root = tmp_path_factory.mktemp("backbones")
+    return {fam: make_tiny_backbone(fam, root / f"tiny-{fam}") for fam in ("cogvideox", "wan")}

@@ -23,10 +23,11 @@ setup: $(STAMP) ## create .venv from requirements.lock, install vap, warm DeepSp
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade "pip==25.3" "setuptools==80.9.0" wheel
+	$(BIN)/pip install --quiet --upgrade "pip==26.3" "setuptools==84.2.1" wheel
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m vap.training.warmup
+	@if [ -f tools/install-k8s-tools.sh ]; then bash tools/install-k8s-tools.sh $(VENV); fi
 	rm -f $(VENV)/.setup-*
 	touch $@
 

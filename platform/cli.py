@@ -27,10 +27,12 @@ app.add_typer(spec_app, name="spec")
 def _register_subapps() -> None:
     # Each part of the platform owns its own commands.
     from vap.datasets.cli import app as data_app
+    from vap.kubecli import app as k8s_app
     from vap.training.cli import app as model_app
 
     app.add_typer(data_app, name="data")
     app.add_typer(model_app, name="model")
+    app.add_typer(k8s_app, name="k8s")
 
 
 @spec_app.command("check")

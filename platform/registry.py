@@ -1,0 +1,188 @@
+"""The one place that talks to MLflow: runs, metrics, artifacts, model versions, aliases.
+
+A trained expert becomes a model version whose `source` is the expert folder inside its
+checkpoint (object storage), tagged with its lineage (run, data snapshot, backbone, code
+version). New versions get alias `challenger`; `promote` moves `champion` and records who held
+it before, so a rollback is one more `promote`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from vap.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model_name: str
+    alias: str
+    version: str
+    previous: str | None
+
+    def summary(self) -> str:
+        was = f"(was version {self.previous})" if self.previous else "(new alias)"
+        return f"{self.model_name}@{self.alias} -> version {self.version} {was}"
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Registry:
+    def __init__(self, tracking_uri: str, model_name: str, experiment: str = "vap"):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.experiment = experiment
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self.check()
+            mlflow.set_tracking_uri(self.tracking_uri)
+            self._client = mlflow.MlflowClient(self.tracking_uri)
+        return self._client
+
+    def check(self) -> None:
+        """Fail fast, with the fix, when the tracking server cannot be reached."""
+        if not self.tracking_uri.startswith("http"):
+            return
+        url = self.tracking_uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(url, timeout=5)
+        except OSError as err:
+            reason = getattr(err, "reason", err)
+            raise RegistryError(
+                f"cannot reach the MLflow tracking server at {self.tracking_uri} ({reason}); "
+                "start it (mlflow server …) or fix registry.tracking_uri"
+            ) from None
+
+    # --- runs -----------------------------------------------------------------------------
+    def find_run(self, job: str):
+        """The latest MLflow run of job `job` (tag vap.job), or None."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            return None
+        runs = self.client.search_runs([exp.experiment_id], f"tags.`vap.job` = '{job}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def start_run(self, job: str, params: dict, tags: dict) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        run = self.client.create_run(exp_id, run_name=job, tags={"vap.job": job, **tags})
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # --- model versions and aliases -------------------------------------------------------
+    def register(self, run_id: str, source: str, tags: dict, description: str = "") -> str:
+        """Register `source` (the expert folder in the checkpoint) as a new version → challenger."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(self.model_name, description="VAP experts (MoT) by training run")
+        mv = self.client.create_model_version(self.model_name, source=source, run_id=run_id,
+                                              tags={k: str(v) for k, v in tags.items()}, description=description)
+        self.client.set_registered_model_alias(self.model_name, CHALLENGER, mv.version)
+        log.info("registered %s version %s (%s) as @%s", self.model_name, mv.version, source, CHALLENGER)
+        return str(mv.version)
+
+    def version_of(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def get_version(self, version: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            raise RegistryError(
+                f"model {self.model_name!r} has no version {version} at {self.tracking_uri}; "
+                "list versions in the MLflow UI or with `mlflow models`"
+            ) from None
+
+    def resolve(self, ref: str):
+        """A version from `models:/name@alias`, `models:/name/3`, `@alias` or `3`."""
+        ref = ref.removeprefix(f"models:/{self.model_name}")
+        ref = ref.lstrip("/")
+        if ref.startswith("@"):
+            version = self.version_of(ref[1:])
+            if version is None:
+                raise RegistryError(f"{self.model_name}@{ref[1:]} does not exist; train and register a version first")
+            ref = version
+        return self.get_version(ref)
+
+    def promote(self, version: str | None = None, alias: str = CHAMPION) -> Promotion:
+        """Point `alias` at `version` (default: the challenger); tag the version with the audit trail."""
+        if version is None:
+            version = self.version_of(CHALLENGER)
+            if version is None:
+                raise RegistryError(
+                    f"{self.model_name} has no @{CHALLENGER} version to promote; run `vap train` or pass --version"
+                )
+        self.get_version(version)  # exists?
+        previous = self.version_of(alias)
+        self.client.set_registered_model_alias(self.model_name, alias, version)
+        self.client.set_model_version_tag(self.model_name, version, f"vap.promoted_to.{alias}",
+                                          f"previous={previous or 'none'} by={os.environ.get('USER', 'unknown')}")
+        log.info("%s@%s: %s -> %s", self.model_name, alias, previous, version)
+        return Promotion(self.model_name, alias, str(version), previous)
+
+
+def _params(params: dict):
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+
+
+def registry_from(config: str | Path | None, tracking_uri: str | None, model_name: str | None) -> Registry:
+    """A Registry from a job spec, overridden by explicit options."""
+    experiment = "vap"
+    if config is not None:
+        from vap.spec import load_spec
+
+        spec = load_spec(config).registry
+        tracking_uri = tracking_uri or spec.tracking_uri
+        model_name = model_name or spec.model_name
+        experiment = spec.experiment
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri or not model_name:
+        raise RegistryError("say which registry: --config job.yaml, or --tracking-uri and --model-name "
+                            "(or MLFLOW_TRACKING_URI)")
+    return Registry(tracking_uri, model_name, experiment)

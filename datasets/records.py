@@ -53,3 +53,18 @@ class IngestResult:
         for r in self.rejected:
             counts[r.reason] = counts.get(r.reason, 0) + 1
         return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What decoding a clip found: the numbers validation checks and preprocessing resamples from."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        """Seconds of video (frames / fps)."""
+        return self.frames / self.fps if self.fps else 0.0

@@ -1,0 +1,107 @@
+"""Decode clips with PyAV: `probe` measures a clip, `read_frames` returns its pixels, and
+`check_clip` turns a clip into a quarantine reason (or None when it is usable).
+
+A clip is decoded completely: opening an mp4 only reads its header, and a truncated file or a
+text file named `.mp4` may only fail frames later.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vap import storage
+from vap.datasets.records import ClipInfo
+from vap.errors import DataError, StorageError
+
+
+class ClipProblem(DataError):
+    """A clip fails validation; `reason` is the short code counted in quarantine summaries."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _open(uri: str):
+    loc = storage.parse_uri(uri)
+    if loc.scheme == "file":
+        if not Path(loc.path).is_file():
+            raise ClipProblem("missing_file", f"{uri}: no such file; fix the path in the manifest or add the clip")
+        source = loc.path
+    else:
+        try:
+            source = io.BytesIO(storage.read_bytes(uri))
+        except StorageError as err:
+            if "no such object" in str(err):
+                raise ClipProblem("missing_file", f"{uri}: no such object; fix the path in the manifest or upload the clip") from None
+            raise  # endpoint / credentials: a problem of the whole input, not of this clip
+    try:
+        return av.open(source, mode="r")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise ClipProblem("undecodable", f"{uri}: not a readable video ({err}); re-encode it as mp4 (H.264)") from None
+
+
+def _decode(uri: str, keep_frames: bool) -> tuple[ClipInfo, list[np.ndarray]]:
+    frames: list[np.ndarray] = []
+    with _open(uri) as container:
+        if not container.streams.video:
+            raise ClipProblem("no_frames", f"{uri}: has no video stream; re-export the clip with its video track")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                count += 1
+                if keep_frames:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+        except (av.FFmpegError, ValueError) as err:
+            raise ClipProblem("undecodable", f"{uri}: decoding failed after {count} frames ({err}); re-encode the clip") from None
+        if count == 0:
+            raise ClipProblem("no_frames", f"{uri}: contains no decodable frames; re-export the clip")
+        # The header's frame count exceeds what decodes when the file was cut short.
+        if stream.frames and count < stream.frames:
+            raise ClipProblem(
+                "truncated", f"{uri}: only {count} of {stream.frames} frames decode (file cut short); copy it again"
+            )
+        rate = stream.average_rate or stream.guessed_rate
+        if rate:
+            fps = float(rate)
+        elif stream.duration and stream.time_base:
+            fps = count / float(stream.duration * stream.time_base)
+        else:
+            fps = 0.0
+        info = ClipInfo(frames=count, fps=fps, width=stream.codec_context.width, height=stream.codec_context.height)
+    return info, frames
+
+
+def probe(uri: str) -> ClipInfo:
+    """Decode every frame of the clip at `uri` (path or s3://) and return its measurements.
+
+    Raises `ClipProblem` (a `DataError` with a `.reason`) when the clip is missing, undecodable,
+    truncated or empty; `StorageError` when its storage cannot be reached.
+    """
+    return _decode(uri, keep_frames=False)[0]
+
+
+def read_frames(uri: str) -> np.ndarray:
+    """All frames of the clip at `uri` as uint8 RGB, shape [F, H, W, 3]. Raises like `probe`."""
+    return np.stack(_decode(uri, keep_frames=True)[1])
+
+
+def check_clip(uri: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: int = 8) -> tuple[ClipInfo | None, tuple[str, str] | None]:
+    """(info, None) for a usable clip, or (info or None, (reason, detail)) for one to quarantine."""
+    try:
+        info = probe(uri)
+    except ClipProblem as err:
+        return None, (err.reason, str(err))
+    if info.frames < min_frames:
+        return info, ("too_few_frames", f"{uri}: {info.frames} frames, at least {min_frames} needed; use longer clips or lower min_frames")
+    if info.fps < min_fps:
+        return info, ("low_fps", f"{uri}: {info.fps:.2f} fps, at least {min_fps:g} needed; re-encode at a higher frame rate or lower min_fps")
+    if min(info.width, info.height) < min_size:
+        return info, ("too_small", f"{uri}: {info.width}x{info.height}, at least {min_size} px a side needed; use larger clips or lower min_size")
+    return info, None

@@ -75,13 +75,14 @@ def promote(
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path(".vap-demo"), help="Where the demo keeps its store, data and MLflow DB."),
-    steps: int = typer.Option(None, help="Training steps (default: the example spec's)."),
+    config: Path = typer.Option(Path("examples/demo.yaml"), "--config", "-c", help="Job spec of the demo."),
+    steps: int = typer.Option(None, help="Training steps (default: the spec's)."),
 ) -> None:
-    """Run the whole loop on this machine: synth data → shards → train → checkpoint → register → promote."""
+    """Run the whole loop on this machine: tiny backbone → synthetic data → shards → train →
+    checkpoint → register (@challenger) → promote (@champion). Idempotent."""
     from vap.demo import run_demo
 
-    run_demo(workdir, steps=steps)
+    run_demo(config, steps=steps)
 
 
 def main() -> None:

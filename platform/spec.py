@@ -7,22 +7,25 @@ key and the fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from vap.errors import SpecError, VapError
-from vap.storage import check_uri
+from vap.storage import parse_uri
 
 
 def _uri(value: str) -> str:
+    """Check a storage URI; plain paths become absolute (Ray workers run in another directory)."""
     try:
-        check_uri(value)
+        loc = parse_uri(value)
     except VapError as err:  # pydantic reports ValueError with the key's location
         raise ValueError(str(err)) from None
-    return value
+    return loc.uri
 
 
 URI = Annotated[str, AfterValidator(_uri)]
@@ -51,11 +54,13 @@ class ModelSpec(_Strict):
     )
     expert: ExpertSpec = ExpertSpec()
 
-    @model_validator(mode="after")
-    def _backbone_uri(self) -> ModelSpec:
-        if "://" in self.backbone:
-            _uri(self.backbone)
-        return self
+    @field_validator("backbone")
+    @classmethod
+    def _backbone_uri(cls, value: str) -> str:
+        # A URI, a path-looking or existing folder is storage; anything else is a hub id ("org/name").
+        if "://" in value or value.startswith((".", "/", "~")) or Path(value).expanduser().exists():
+            return _uri(value)
+        return value
 
 
 class DataSpec(_Strict):
@@ -95,22 +100,31 @@ class RegistrySpec(_Strict):
     experiment: str = "vap"
     model_name: str = Field("vap-expert", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
-    @model_validator(mode="after")
-    def _tracking_uri(self) -> RegistrySpec:
-        if not self.tracking_uri.startswith(("http://", "https://", "sqlite:///", "file:", "databricks")):
-            raise ValueError(
-                f"tracking_uri {self.tracking_uri!r} is not an MLflow URI; use http://host:port or sqlite:///path.db"
-            )
-        return self
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "sqlite:///", "databricks")):
+            raise ValueError(f"{value!r} is not an MLflow URI; use http://host:port or sqlite:///path.db")
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            # a relative sqlite path becomes absolute, so Ray workers open the same database
+            return f"sqlite:///{Path(value.removeprefix('sqlite:///')).absolute()}"
+        return value
 
 
 class JobSpec(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9\-]{0,40}[a-z0-9])?$", description="Run name (DNS label: it names Kubernetes objects).")
+    name: str = Field(description="Job name; it names the run, its checkpoints and Kubernetes objects.")
     model: ModelSpec
     data: DataSpec
     trainer: TrainerSpec = TrainerSpec()
     storage: StorageSpec
     registry: RegistrySpec
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?", value):
+            raise ValueError("use 1-42 lowercase letters, digits and '-', starting and ending alphanumeric (e.g. vap-demo)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

@@ -1,0 +1,66 @@
+"""`vap demo`: the whole main job on one machine, on the embedded defaults.
+
+tiny backbone (hub layout) → synthetic VAP-Data → validated, encoded MDS snapshot → Ray Train +
+DeepSpeed ZeRO-3 on 2 CPU workers → checkpoint in the local object store → MLflow version
+@challenger → promoted to @champion. Every step is idempotent: a second run reuses what exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+from vap.spec import JobSpec, load_spec
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+
+def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None) -> None:
+    from vap.datasets.build import build_snapshot
+    from vap.datasets.synth import synthesize
+    from vap.registry import Registry
+    from vap.training.tiny import make_tiny_backbone
+    from vap.training.trainer import train
+
+    spec: JobSpec = load_spec(config)
+    if steps is not None:
+        t = spec.trainer.model_copy(update={"steps": steps, "checkpoint_every": min(steps, spec.trainer.checkpoint_every)})
+        spec = spec.model_copy(update={"trainer": t})
+
+    _stage(1, f"tiny {spec.model.family} backbone (built from a small config) → {spec.model.backbone}")
+    make_tiny_backbone(spec.model.family, spec.model.backbone)
+
+    _stage(2, f"synthetic VAP-Data (concept, style, motion, camera) → {spec.data.source}")
+    synth = synthesize(spec.data.source, frames=spec.data.frames * 2, fps=spec.data.fps, size=spec.data.width,
+                       seed=spec.data.seed)
+    console.print(f"   {synth}")
+
+    _stage(3, f"validate, encode and shard → {spec.data.shards}")
+    snapshot = build_snapshot(spec)
+    console.print(f"   {snapshot.summary()}")
+
+    _stage(4, f"train: Ray Train, {spec.trainer.workers} workers × DeepSpeed ZeRO-{spec.trainer.zero_stage}, "
+              f"{spec.trainer.steps} steps")
+    result = train(spec)
+    console.print(f"   {result.summary()}")
+
+    _stage(5, "promote @challenger → @champion")
+    registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment)
+    console.print(f"   {registry.promote().summary()}")
+
+    db = spec.registry.tracking_uri
+    console.rule("[bold green]done")
+    console.print(
+        f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)\n"
+        f"checkpoint:   {result.checkpoint_uri}\n"
+        f"expert:       {result.checkpoint_uri}/expert  (safetensors, save_pretrained layout)\n"
+        f"data report:  {snapshot.uri}/report\n"
+        f"model:        models:/{spec.registry.model_name}@champion (version {result.version})"
+    )
+
+
+def _stage(n: int, text: str) -> None:
+    console.rule(f"[bold]{n}/5[/bold] {text}", align="left")

@@ -1,0 +1,60 @@
+"""The registry against a real MLflow tracking server (sqlite store, S3 artifacts over HTTP)."""
+
+import subprocess
+
+import pytest
+
+from conftest import REPO, free_port
+from vap.errors import RegistryError
+from vap.registry import Registry
+
+
+@pytest.fixture()
+def registry(mlflow_server, request):
+    return Registry(mlflow_server, f"expert-{request.node.name[:30].replace('_', '-')}")
+
+
+def test_register_sets_challenger_and_promote_moves_champion(registry, s3_bucket):
+    run = registry.start_run("job-a", {"trainer.lr": 1e-3}, {"vap.snapshot": "snap"})
+    v1 = registry.register(run, f"{s3_bucket}/runs/job-a/ckpt1/expert", {"data_snapshot": "snap"})
+    assert registry.version_of("challenger") == v1
+    assert registry.version_of("champion") is None
+    first = registry.promote()
+    assert (first.version, first.previous) == (v1, None)
+    v2 = registry.register(run, f"{s3_bucket}/runs/job-a/ckpt2/expert", {})
+    assert registry.version_of("challenger") == v2 and registry.version_of("champion") == v1
+    second = registry.promote()
+    assert (second.version, second.previous) == (v2, v1)
+    assert registry.resolve("@champion").source == f"{s3_bucket}/runs/job-a/ckpt2/expert"
+    # rollback is one more promote, and the audit trail is on the version
+    assert registry.promote(version=v1).previous == v2
+    tags = registry.get_version(v1).tags
+    assert tags["vap.promoted_to.champion"].startswith(f"previous={v2}")
+    assert tags["data_snapshot"] == "snap"
+
+
+def test_promote_without_challenger_and_unknown_version(registry):
+    with pytest.raises(RegistryError, match="no @challenger"):
+        registry.promote()
+    with pytest.raises(RegistryError, match="has no version 99"):
+        registry.get_version("99")
+
+
+def test_unreachable_tracking_server_is_one_clear_line():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at {url}"):
+        Registry(url, "m").check()
+    out = subprocess.run([str(REPO / ".venv/bin/vap"), "promote", "--tracking-uri", url, "--model-name", "m"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert url in out.stderr and "registry.tracking_uri" in out.stderr
+
+
+def test_cli_promote(registry, mlflow_server):
+    run = registry.start_run("job-b", {}, {})
+    version = registry.register(run, "s3://bucket/x/expert", {})
+    out = subprocess.run([str(REPO / ".venv/bin/vap"), "promote", "--tracking-uri", mlflow_server,
+                          "--model-name", registry.model_name], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"@champion -> version {version}" in out.stdout
+    assert registry.version_of("champion") == version

@@ -102,8 +102,9 @@ def mlflow_server(s3_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the session (ray.init costs 5–14 s on 2 cores)."""
+def ray_cluster(s3_server):
+    """One local Ray cluster for the session (ray.init costs 5–14 s on 2 cores). Started after
+    the S3 server so its workers inherit the endpoint and credentials, as pods get them from env."""
     import ray
 
     # Workers inherit the driver's environment (S3 endpoint, DS_ACCELERATOR).

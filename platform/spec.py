@@ -73,7 +73,19 @@ class DataSpec(_Strict):
     fps: float = Field(8.0, gt=0, description="Frame rate clips are resampled to (paper: 16).")
     height: int = Field(32, ge=8, multiple_of=8, description="Clip height in pixels (paper: 480).")
     width: int = Field(32, ge=8, multiple_of=8, description="Clip width in pixels (paper: 720 / 832).")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of pairing and of the held-out splits.")
+    text_len: int | None = Field(
+        None, ge=1, description="Tokens per caption embedding; null = the family's (CogVideoX: the transformer's max_text_seq_length, Wan: 512)."
+    )
+    min_alignment: float | None = Field(
+        None, description="Drop clips whose reference_alignment_score is below this (the paper drops poorly aligned pairs); null keeps all."
+    )
+    refs_per_target: int = Field(1, ge=1, description="Reference clips paired with each target clip.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each seen condition's clips held out as val targets.")
+    unseen_conditions: int = Field(1, ge=0, description="Whole conditions held out of training (the 'unseen' split, zero-shot).")
+    pairs_per_part: int = Field(
+        256, ge=1, description="Pairs per resumable unit of a build: an interrupted build redoes at most one part per split."
+    )
 
 
 class TrainerSpec(_Strict):

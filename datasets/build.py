@@ -1,0 +1,217 @@
+"""`vap data build`: raw clips → validated pairs → encoded MDS shards in a content-addressed snapshot.
+
+validate (ingest) → hash clip bytes → snapshot id → [done already? stop] → pair → encode each
+clip once (VAE latents, caption embeddings, Wan's CLIP embedding) → write each split in parts →
+null_text.npy, report/, index.json → LATEST. A part is skipped when its index.json exists, so an
+interrupted build resumes where it stopped; an unchanged input finds its snapshot and does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vap import storage
+from vap.datasets import snapshot as snap
+from vap.datasets.ingest import ingest
+from vap.datasets.pairs import make_pairs
+from vap.datasets.records import Clip, IngestResult, Pair, Rejected
+from vap.errors import DataError
+from vap.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False) -> snap.Snapshot:
+    """Build (or find) the snapshot of `spec.data.source` for `spec.model`; return it.
+
+    `force` rebuilds even when a complete snapshot with the same id exists.
+    """
+    data = spec.data
+    if not data.source:
+        raise DataError("data.source is not set: point it at the raw clips (a folder or s3:// prefix "
+                        "with metadata.csv), e.g. one written by `vap data synth`")
+    storage.sync_endpoint_env()
+    result = ingest(data.source, min_alignment=data.min_alignment, progress=progress)
+    digests = _hash_clips(result, data.frames / data.fps if data.frames > 1 else 0.0, progress)
+    if not result.clips:
+        raise DataError(f"{data.source}: no usable clips ({_reasons(result)}); see the reasons above and fix the input")
+    backbone = storage.materialize(spec.model.backbone) if "://" in spec.model.backbone or Path(spec.model.backbone).exists() \
+        else _hub_folder(spec.model.backbone)
+    settings = _settings(spec, backbone, result)
+    sid = snap.snapshot_id([_fingerprint(c, digests[c.id]) for c in result.clips], settings)
+    root = storage.join(data.shards, sid)
+
+    if storage.exists(storage.join(root, snap.INDEX)) and not force:
+        log.info("snapshot %s already built from these inputs: nothing to do", sid)
+        snap.write_latest(data.shards, sid)
+        return snap.Snapshot.load(root, reused=True)
+    if force:
+        storage.remove(root)
+
+    pairs = make_pairs(result.clips, seed=data.seed, refs_per_target=data.refs_per_target,
+                       val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions)
+    from vap.datasets.encode import ClipEncoder
+
+    encoder = ClipEncoder.from_pretrained(spec.model.family, backbone, text_len=data.text_len)
+    encoder.check_frames(data.frames)
+    cols = snap.columns(with_image_embed=encoder.image_encoder is not None)
+    cache = _ClipCache(encoder, data, digests)
+    shards: dict[str, list[dict]] = {}
+    total = sum(len(p) for p in pairs.values())
+    with _progress(progress) as bar:
+        task = bar.add_task(f"encoding pairs into {sid}", total=total)
+        for split in snap.SPLITS:
+            shards[split] = _write_split(storage.join(root, split), pairs[split], data.pairs_per_part, cols,
+                                         cache, lambda n: bar.advance(task, n))
+
+    null_text = encoder.encode_text([""])[0]
+    buf = io.BytesIO()
+    np.save(buf, null_text)
+    storage.write_bytes(storage.join(root, snap.NULL_TEXT), buf.getvalue())
+    _write_report(result, pairs, storage.join(root, snap.REPORT))
+
+    index = {
+        "id": sid, "schema": snap.SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": data.source, "family": spec.model.family, "backbone": spec.model.backbone,
+        "settings": settings, "text_len": encoder.text_len,
+        "clips": len(result.clips), "rejected": _reasons(result),
+        "counts": {s: snap.counts(pairs[s]) for s in snap.SPLITS},
+        "shards": {s: snap.shard_hashes(shards[s]) for s in snap.SPLITS},
+        "encoded_clips": cache.encoded,
+    }
+    storage.write_bytes(storage.join(root, snap.INDEX), json.dumps(index, indent=1).encode())
+    snap.write_latest(data.shards, sid)
+    built = snap.Snapshot.load(root)
+    log.info("%s", built.summary())
+    return built
+
+
+def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, advance) -> list[dict]:
+    if not pairs:
+        return []
+    n_parts = (len(pairs) + per_part - 1) // per_part
+    for i in range(n_parts):
+        chunk = pairs[i * per_part:(i + 1) * per_part]
+        if snap.part_done(split_uri, i):
+            log.info("%s/%s already written: skipped", split_uri, snap.part_name(i))
+        else:
+            snap.write_part(split_uri, i, (_sample(p, cache) for p in chunk), cols)
+        advance(len(chunk))
+    return snap.merge_parts(split_uri, n_parts)
+
+
+def _sample(pair: Pair, cache: _ClipCache) -> dict:
+    sample = {"pair_id": pair.id, "condition": pair.target.condition, "category": pair.target.category,
+              "target_caption": pair.target.caption, "reference_caption": pair.reference.caption}
+    for role, clip in (("target", pair.target), ("reference", pair.reference)):
+        for name, value in cache.get(clip).items():
+            sample[f"{role}_{name}"] = value
+    return sample
+
+
+class _ClipCache:
+    """Encodes each clip once: pairs of a condition reuse the same clips, and are written together."""
+
+    def __init__(self, encoder, data, digests: dict[str, str], size: int = 256):
+        self.encoder, self.data, self.digests, self.size = encoder, data, digests, size
+        self.items: OrderedDict[str, dict] = OrderedDict()
+        self.encoded = 0
+
+    def get(self, clip: Clip) -> dict:
+        from vap.datasets.encode import read_clip
+
+        if clip.id in self.items:
+            self.items.move_to_end(clip.id)
+            return self.items[clip.id]
+        d = self.data
+        video = read_clip(storage.read_bytes(clip.uri), frames=d.frames, fps=d.fps, height=d.height,
+                          width=d.width, name=clip.uri)
+        cols = self.encoder.encode_clip(video)
+        cols["text"] = self.encoder.encode_text([clip.caption])[0]
+        self.encoded += 1
+        self.items[clip.id] = cols
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return cols
+
+
+def _hash_clips(result: IngestResult, seconds: float, progress: bool) -> dict[str, str]:
+    """sha256 of each clip's bytes; clips too short for the spec move to `result.rejected`."""
+    from rich.progress import track
+
+    from vap.datasets.encode import clip_duration
+
+    digests, keep = {}, []
+    for clip in track(result.clips, "hashing clips", disable=not progress, transient=True):
+        raw = storage.read_bytes(clip.uri)
+        length = clip_duration(raw)
+        if length <= seconds - 1e-6:
+            result.rejected.append(Rejected(clip.uri, "too_short", f"{clip.uri}: {length:.2f}s long, the spec's frames "
+                                            f"and fps need more than {seconds:.2f}s; use longer clips or lower data.frames"))
+            continue
+        digests[clip.id] = hashlib.sha256(raw).hexdigest()
+        keep.append(clip)
+    result.clips = keep
+    return digests
+
+
+def _fingerprint(clip: Clip, digest: str) -> dict:
+    return {"id": clip.id, "sha256": digest, "caption": clip.caption, "condition": clip.condition,
+            "category": clip.category, "split": clip.split, "alignment": clip.alignment_score,
+            "refs": list(clip.refs)}
+
+
+def _settings(spec: JobSpec, backbone: Path, result: IngestResult) -> dict:
+    d = spec.data
+    keys = ("frames", "fps", "height", "width", "text_len", "min_alignment", "seed", "refs_per_target",
+            "val_fraction", "unseen_conditions", "pairs_per_part")
+    return {"data": {k: getattr(d, k) for k in keys}, "family": spec.model.family,
+            "backbone": backbone_identity(spec.model.backbone, backbone),
+            # the report lists the rejected clips: a changed rejection is a changed snapshot
+            "rejected": sorted([r.source, r.reason] for r in result.rejected)}
+
+
+def backbone_identity(name: str, folder: Path) -> dict:
+    """What the encoders are: the name, every config's content, the weight files' names and sizes
+    (hashing tens of GB of weights would cost more than it protects against)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        rel = str(p.relative_to(folder))
+        h.update(rel.encode())
+        h.update(p.read_bytes() if p.suffix in (".json", ".txt", ".model") else str(p.stat().st_size).encode())
+    return {"name": name, "files": h.hexdigest()[:16]}
+
+
+def _hub_folder(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id))
+
+
+def _write_report(result: IngestResult, pairs: dict, uri: str) -> None:
+    from vap.datasets.report import write_report
+
+    with tempfile.TemporaryDirectory(prefix="vap-report-") as tmp:
+        write_report(result, pairs, tmp)
+        storage.upload_dir(tmp, uri)
+
+
+def _reasons(result: IngestResult) -> dict[str, int]:
+    return result.reasons()
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=True)

@@ -1,0 +1,272 @@
+"""Preprocess clips and encode them the way the family's image-to-video pipeline does.
+
+`read_clip` decodes an mp4 (PyAV), resamples it to the spec's frame rate and frame count and
+resizes / centre-crops it to the spec's resolution. `ClipEncoder` turns the result into the
+shard columns of docs/CONTRACTS.md, mirroring diffusers' `CogVideoXImageToVideoPipeline` and
+`WanImageToVideoPipeline` (`prepare_latents`, `encode_prompt`, `encode_image`). Everything the
+two families do differently lives in the two small subclasses at the bottom.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vap.errors import DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def sample_times(frames: int, fps: float) -> np.ndarray:
+    """Times (s, from the first frame) of the `frames` output frames at `fps`."""
+    return np.arange(frames) / fps
+
+
+def clip_duration(data: bytes) -> float:
+    """Seconds an mp4 shows (frames × frame duration), from its header — nothing is decoded."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if stream.frames and rate:
+            return stream.frames / float(rate)
+        return float(container.duration or 0) / av.time_base
+
+
+def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, name: str = "clip") -> np.ndarray:
+    """Decode `data` (an mp4's bytes) into `frames` RGB frames at `fps`, `height`×`width`.
+
+    Each output frame is the source frame shown at that time (the latest one starting at or
+    before it), so resampling never blends frames. Raises DataError when the clip is shorter
+    than (frames − 1) / fps seconds. Returns uint8 [F, H, W, 3].
+    """
+    wanted = sample_times(frames, fps)
+    picked: list[np.ndarray] = []
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        start = prev = prev_time = None
+        frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or fps)
+        for frame in container.decode(stream):
+            t = float(frame.time if frame.time is not None else 0.0)
+            start = t if start is None else start
+            t -= start
+            while prev is not None and len(picked) < frames and wanted[len(picked)] < t - 1e-6:
+                picked.append(prev)
+            if len(picked) == frames:
+                break
+            prev, prev_time = frame.to_ndarray(format="rgb24"), t
+        # The last source frame stays on screen for one frame duration.
+        while prev is not None and len(picked) < frames and wanted[len(picked)] < prev_time + frame_dur - 1e-6:
+            picked.append(prev)
+    if len(picked) < frames:
+        have = 0.0 if prev_time is None else prev_time + frame_dur
+        raise DataError(
+            f"{name}: {have:.2f}s long, {frames} frames at {fps:g} fps need more than {(frames - 1) / fps:.2f}s; "
+            "use longer clips or lower data.frames / raise data.fps"
+        )
+    return resize_crop(np.stack(picked), height, width)
+
+
+def resize_crop(video: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale uint8 [F, H, W, 3] to cover height×width (aspect kept), then centre-crop."""
+    f, h, w, _ = video.shape
+    if (h, w) == (height, width):
+        return video
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    x = torch.from_numpy(video).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    x = x[:, :, top:top + height, left:left + width]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def to_model_input(video: np.ndarray) -> torch.Tensor:
+    """uint8 [F, H, W, 3] → float [C, F, H, W] in [-1, 1] (diffusers' VideoProcessor range)."""
+    return torch.from_numpy(video).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+# ---------------------------------------------------------------- encoding
+
+def load_component(path: str, name: str, dtype: torch.dtype):
+    """`from_pretrained(path, subfolder=name)` with the class model_index.json names for it."""
+    import importlib
+    import json
+
+    library, class_name = json.loads((Path(path) / "model_index.json").read_text())[name]
+    cls = getattr(importlib.import_module(library), class_name)
+    if issubclass(cls, torch.nn.Module):
+        key = "dtype" if library == "transformers" else "torch_dtype"  # each library's current name
+        return cls.from_pretrained(path, subfolder=name, **{key: dtype})
+    return cls.from_pretrained(path, subfolder=name)
+
+
+class ClipEncoder:
+    """The family's VAE, text encoder and tokenizer (and Wan's CLIP image encoder), frozen.
+
+    `encode_clip` returns the per-clip columns (latent, image_latent, image_embed for Wan) and
+    `encode_text` the caption embeddings, as float16 numpy arrays.
+    """
+
+    family = ""
+    components = ("vae", "text_encoder", "tokenizer")
+    default_text_len = 226
+
+    def __init__(self, vae, text_encoder, tokenizer, *, text_len: int, image_encoder=None,
+                 image_processor=None, device: str = "cpu"):
+        self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
+        self.image_encoder, self.image_processor = image_encoder, image_processor
+        self.text_len, self.device = text_len, torch.device(device)
+
+    @classmethod
+    def from_pretrained(cls, family: str, path: str | Path, *, text_len: int | None = None,
+                        device: str | None = None) -> ClipEncoder:
+        """Load the encoders of a diffusers I2V repo folder (`path`) of `family`."""
+        sub = FAMILIES.get(family)
+        if sub is None:
+            raise ModelError(f"family {family!r} is not known; use one of {sorted(FAMILIES)}")
+        path = str(path)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        try:
+            # The VAEs stay in float32, as both pipelines' examples load them.
+            parts = {name: load_component(path, name, torch.float32 if name == "vae" else dtype)
+                     for name in sub.components}
+            text_len = text_len or sub.family_text_len(path)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelError(f"{path}: cannot load the {family} encoders ({err}); "
+                             f"point model.backbone at a diffusers {family} I2V repo") from None
+        for m in parts.values():
+            if isinstance(m, torch.nn.Module):
+                m.to(device).eval().requires_grad_(False)
+        return sub(text_len=text_len, device=device, **parts)
+
+    @classmethod
+    def family_text_len(cls, path: str) -> int:
+        return cls.default_text_len
+
+    # -- what every family shares
+
+    @property
+    def temporal_ratio(self) -> int:
+        return int(self.vae.config.get("temporal_compression_ratio") or self.vae.config.get("scale_factor_temporal") or 4)
+
+    def check_frames(self, frames: int) -> None:
+        """The causal video VAEs keep the first frame and compress the rest by their ratio."""
+        r = self.temporal_ratio
+        if (frames - 1) % r:
+            raise DataError(f"data.frames = {frames}: the {self.family} VAE needs {r}k+1 frames; "
+                            f"use {(frames - 1) // r * r + 1} or {((frames - 1) // r + 1) * r + 1}")
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> np.ndarray:
+        """Last hidden state of the text encoder, [B, L, D] float16 (pipeline `encode_prompt`)."""
+        captions = [self.clean(c) for c in captions]
+        tok = self.tokenizer(captions, padding="max_length", max_length=self.text_len, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        out = self.text_embed(tok.input_ids.to(self.device), tok.attention_mask.to(self.device))
+        return out.float().cpu().numpy().astype(np.float16)
+
+    @torch.no_grad()
+    def encode_clip(self, video: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns of one preprocessed clip (uint8 [F, H, W, 3]): latent, image_latent (+ image_embed)."""
+        x = to_model_input(video).unsqueeze(0).to(self.device, self.vae.dtype)  # [1, C, F, H, W]
+        cols = {"latent": self.normalise(self._vae_mean(x)), "image_latent": self.image_latent(x)}
+        embed = self.image_embed(video[0])
+        if embed is not None:
+            cols["image_embed"] = embed
+        return {k: v[0].float().cpu().numpy().astype(np.float16) for k, v in cols.items()}
+
+    def _vae_mean(self, x: torch.Tensor) -> torch.Tensor:
+        # The posterior mean, not a sample: the same clip always gives the same latent
+        # (Wan's pipeline does the same with sample_mode="argmax").
+        return self.vae.encode(x).latent_dist.mode()
+
+    # -- what differs per family (overridden below)
+
+    @staticmethod
+    def clean(caption: str) -> str:
+        return caption
+
+    def text_embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def normalise(self, latent: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def image_latent(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def image_embed(self, first_frame: np.ndarray) -> torch.Tensor | None:
+        return None
+
+
+class CogVideoXEncoder(ClipEncoder):
+    """CogVideoXImageToVideoPipeline: latents × scaling_factor; first-frame latent alone (F'=1)."""
+
+    family = "cogvideox"
+
+    @classmethod
+    def family_text_len(cls, path: str) -> int:
+        # The transformer is built for a fixed text length; the embeddings must match it.
+        from diffusers import CogVideoXTransformer3DModel
+
+        return int(CogVideoXTransformer3DModel.load_config(path, subfolder="transformer")["max_text_seq_length"])
+
+    def text_embed(self, ids, mask):
+        return self.text_encoder(ids)[0]
+
+    def _scale(self, latent):
+        sf = self.vae.config.scaling_factor
+        return latent / sf if self.vae.config.get("invert_scale_latents") else latent * sf
+
+    def normalise(self, latent):
+        return self._scale(latent)
+
+    def image_latent(self, x):
+        return self._scale(self._vae_mean(x[:, :, :1]))
+
+
+class WanEncoder(ClipEncoder):
+    """WanImageToVideoPipeline: (latent − mean) / std; condition = first frame then zeros (F'=F);
+    CLIP penultimate hidden state of the first frame; captions cleaned and zero-padded."""
+
+    family = "wan"
+    components = ("vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
+    default_text_len = 512
+
+    @staticmethod
+    def clean(caption: str) -> str:
+        # The pipeline's prompt_clean without ftfy: unescape HTML, collapse whitespace.
+        return re.sub(r"\s+", " ", html.unescape(html.unescape(caption))).strip()
+
+    def text_embed(self, ids, mask):
+        hidden = self.text_encoder(ids, mask).last_hidden_state
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)  # padding positions are zeros
+
+    def normalise(self, latent):
+        c = self.vae.config
+        mean = torch.tensor(c.latents_mean, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(c.latents_std, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
+        return (latent - mean) / std
+
+    def image_latent(self, x):
+        condition = torch.cat([x[:, :, :1], torch.zeros_like(x[:, :, 1:])], dim=2)
+        return self.normalise(self._vae_mean(condition))
+
+    def image_embed(self, first_frame):
+        pixels = self.image_processor(images=first_frame, return_tensors="pt").pixel_values
+        out = self.image_encoder(pixel_values=pixels.to(self.device, self.image_encoder.dtype), output_hidden_states=True)
+        return out.hidden_states[-2]
+
+
+FAMILIES: dict[str, type[ClipEncoder]] = {"cogvideox": CogVideoXEncoder, "wan": WanEncoder}

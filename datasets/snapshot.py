@@ -1,0 +1,154 @@
+"""Content-addressed snapshots of MDS shards.
+
+Layout under the spec's `data.shards` URI (a path or s3:// prefix):
+
+    <shards>/<snapshot_id>/
+        train/ val/ unseen/      one MDS dataset per split (zstd, sha1 + xxh64 hashes)
+            part-00000/ …        written by one MDSWriter each; a part with its index.json is done
+            index.json           the split's merged index (what StreamingDataset reads)
+        null_text.npy            embedding of the empty caption (caption dropout)
+        report/                  the dataset report (report.json, quarantine.csv, distribution.png)
+        index.json               counts, settings, shard hashes — written last: the snapshot exists
+    <shards>/LATEST              the id of the last completed build
+
+The id hashes everything the shards are made of (clip bytes, labels, settings, backbone), so the
+same inputs give the same id and a rebuild finds its snapshot already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vap import storage
+from vap.errors import DataError, StorageError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1  # bump when the shard columns or their meaning change: it changes every id
+SPLITS = ("train", "val", "unseen")
+INDEX = "index.json"
+LATEST = "LATEST"
+NULL_TEXT = "null_text.npy"
+REPORT = "report"
+HASHES = ["sha1", "xxh64"]
+SHARD_BYTES = 1 << 27  # 128 MiB: few enough files on S3, small enough to stream
+
+
+def snapshot_id(clips: list[dict], settings: dict) -> str:
+    """A stable id: sha256 over the schema, each clip's content hash and labels, and settings."""
+    payload = json.dumps({"schema": SCHEMA, "clips": sorted(clips, key=lambda c: c["id"]), "settings": settings},
+                         sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def columns(with_image_embed: bool) -> dict[str, str]:
+    """The shard columns of docs/CONTRACTS.md ("Shard samples")."""
+    cols = {name: "str" for name in ("pair_id", "condition", "category", "target_caption", "reference_caption")}
+    arrays = ["latent", "image_latent", "text"] + (["image_embed"] if with_image_embed else [])
+    for role in ("target", "reference"):
+        for a in arrays:
+            cols[f"{role}_{a}"] = "ndarray:float16"
+    return cols
+
+
+def part_name(i: int) -> str:
+    return f"part-{i:05d}"
+
+
+def part_done(split_uri: str, i: int) -> bool:
+    return storage.exists(storage.join(split_uri, part_name(i), INDEX))
+
+
+def write_part(split_uri: str, i: int, samples: Iterable[dict], cols: dict[str, str]) -> int:
+    """Write one part with MDSWriter (uploading as it writes for s3://); its index.json comes last."""
+    from streaming import MDSWriter
+
+    uri = storage.join(split_uri, part_name(i))
+    storage.remove(uri)  # leftovers of an interrupted attempt
+    loc = storage.parse_uri(uri)
+    n = 0
+    with tempfile.TemporaryDirectory(prefix="vap-mds-") as tmp:
+        out = loc.path if loc.scheme == "file" else (str(Path(tmp, "part")), uri)
+        with MDSWriter(out=out, columns=cols, compression="zstd", hashes=HASHES, size_limit=SHARD_BYTES,
+                       exist_ok=True) as writer:
+            for sample in samples:
+                writer.write(sample)
+                n += 1
+    return n
+
+
+def merge_parts(split_uri: str, parts: int) -> list[dict]:
+    """Write the split's index.json from its parts' (shard paths made relative to the split)."""
+    shards = []
+    for i in range(parts):
+        index = json.loads(storage.read_bytes(storage.join(split_uri, part_name(i), INDEX)))
+        for shard in index["shards"]:
+            for key in ("raw_data", "zip_data"):
+                if shard.get(key):
+                    shard[key]["basename"] = f"{part_name(i)}/{shard[key]['basename']}"
+            shards.append(shard)
+    storage.write_bytes(storage.join(split_uri, INDEX), json.dumps({"version": 2, "shards": shards}).encode())
+    return shards
+
+
+def shard_hashes(shards: list[dict]) -> list[dict]:
+    """What a registered model records as lineage: each stored shard file and its hashes."""
+    out = []
+    for shard in shards:
+        stored = shard.get("zip_data") or shard["raw_data"]
+        out.append({"file": stored["basename"], "bytes": stored["bytes"], "samples": shard["samples"], **stored["hashes"]})
+    return out
+
+
+def counts(pairs) -> dict:
+    """Pairs per condition and per category of one split."""
+    return {"pairs": len(pairs),
+            "by_condition": dict(sorted(Counter(p.target.condition for p in pairs).items())),
+            "by_category": dict(sorted(Counter(p.target.category for p in pairs).items()))}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A completed snapshot: its id, URI and what index.json records."""
+
+    id: str
+    uri: str
+    index: dict = field(repr=False)
+    reused: bool = False  # True when the build found it complete and did nothing
+
+    @property
+    def counts(self) -> dict:
+        return self.index["counts"]
+
+    @classmethod
+    def load(cls, uri: str, reused: bool = False) -> Snapshot:
+        try:
+            index = json.loads(storage.read_bytes(storage.join(uri, INDEX)))
+        except StorageError:
+            raise DataError(f"{uri}: not a complete snapshot (no {INDEX}); run `vap data build`") from None
+        return cls(index["id"], uri, index, reused)
+
+    def summary(self) -> str:
+        splits = ", ".join(f"{s} {c['pairs']}" for s, c in self.counts.items())
+        state = "up to date, nothing rebuilt" if self.reused else "built"
+        conditions = len({c for s in self.counts.values() for c in s["by_condition"]})
+        return f"snapshot {self.id} {state}: {self.uri} — pairs: {splits}; {conditions} conditions"
+
+
+def write_latest(shards_uri: str, sid: str) -> None:
+    storage.write_bytes(storage.join(shards_uri, LATEST), f"{sid}\n".encode())
+
+
+def list_snapshots(shards_uri: str) -> list[Snapshot]:
+    """Completed snapshots under `shards_uri` (those with an index.json), oldest first."""
+    ids = sorted({name.split("/")[0] for name in storage.list_files(shards_uri) if name.endswith(f"/{INDEX}")
+                  and name.count("/") == 1})
+    snaps = [Snapshot.load(storage.join(shards_uri, i)) for i in ids]
+    return sorted(snaps, key=lambda s: s.index.get("created", ""))

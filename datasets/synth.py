@@ -31,6 +31,7 @@ COLORS = {
     "purple": (150, 60, 200), "orange": (240, 140, 30), "white": (240, 240, 240), "cyan": (40, 210, 220),
 }
 SHAPES = ("circle", "square", "diamond")
+NORMS = {"circle": 2.0, "square": 12.0, "diamond": 1.0}  # the p of each shape's p-norm ball
 CSV_COLUMNS = ("video_paths", "ref_video_paths", "tar_video_caption", "kind", "split", "reference_alignment_score")
 
 
@@ -64,10 +65,9 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return (xx + 0.5) / size, (yy + 0.5) / size
 
 
-def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float, p: float | None = None) -> np.ndarray:
-    """Inside-mask of a shape centred at 0; `p` overrides the norm (2 = circle, large = square)."""
-    if p is None:
-        p = {"circle": 2.0, "square": 12.0, "diamond": 1.0}[shape]
+def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Inside-mask of a shape centred at 0."""
+    p = NORMS[shape]
     return (np.abs(dx) ** p + np.abs(dy) ** p) ** (1.0 / p) < r
 
 
@@ -80,15 +80,19 @@ def _background(s: Scene, size: int) -> np.ndarray:
     return np.broadcast_to(np.array(COLORS[s.bg], np.float32), (size, size, 3)).copy()
 
 
-def _object(s: Scene, size: int, x: float, y: float, r: float, p: float | None = None) -> np.ndarray:
+def _object(s: Scene, size: int, x: float, y: float, r: float) -> np.ndarray:
     gx, gy = _grid(size)
-    return _paint(_background(s, size), _mask(s.shape, gx - x, gy - y, r, p), s.fg)
+    return _paint(_background(s, size), _mask(s.shape, gx - x, gy - y, r), s.fg)
 
 
 # ---- concept: the object itself changes -------------------------------------------------------
 
-def _morph(s, t, size, rng):  # any shape becomes a circle: the norm goes from 12 (square) to 2
-    return [_object(s, size, s.x, s.y, s.radius, p=12.0 - 10.0 * ti) for ti in t]
+def _morph(s, t, size, rng):  # the shape's outline blends into another shape's
+    gx, gy = _grid(size)
+    dx, dy = gx - s.x, gy - s.y
+    target = "square" if s.shape == "circle" else "circle"
+    dist = [(np.abs(dx) ** p + np.abs(dy) ** p) ** (1 / p) for p in (NORMS[s.shape], NORMS[target])]
+    return [_paint(_background(s, size), (1 - ti) * dist[0] + ti * dist[1] < s.radius, s.fg) for ti in t]
 
 
 def _shatter(s, t, size, rng):  # four quadrants fly apart
@@ -245,7 +249,7 @@ def _camera(path: Callable[[float], tuple[float, float, float, float]]):
 
 # name → (category, caption phrase, renderer(scene, t, size, rng) -> frames)
 CONDITIONS: dict[str, tuple[str, str, Callable]] = {
-    "morph": ("concept", "that morphs into a round blob", _morph),
+    "morph": ("concept", "that morphs into another shape", _morph),
     "shatter": ("concept", "that shatters into four pieces", _shatter),
     "grow": ("concept", "that grows from a dot to a giant", _grow),
     "dissolve": ("concept", "that dissolves into nothing", _dissolve),
@@ -290,8 +294,10 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     """H.264 (yuv420p) mp4 bytes from uint8 RGB frames [F, H, W, 3] (H and W even)."""
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=_rate(fps), options={"crf": "18", "preset": "veryfast"})
-        stream.thread_count = 1  # x264's frame threads make the bytes vary run to run
+        stream = container.add_stream("libx264", rate=_rate(fps), options={"qp": "18", "preset": "veryfast"})
+        # One thread and constant QP: x264 then gives the same bytes every run (CRF rate
+        # control and frame threads do not, now and then).
+        stream.thread_count = 1
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         for frame in frames:

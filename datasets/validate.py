@@ -42,7 +42,12 @@ def _open(uri: str):
     try:
         return av.open(source, mode="r")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise ClipProblem("undecodable", f"{uri}: not a readable video ({err}); re-encode it as mp4 (H.264)") from None
+        raise ClipProblem("undecodable", f"{uri}: not a readable video, or cut short ({_why(err)}); re-encode or re-copy it (mp4, H.264)") from None
+
+
+def _why(err: Exception) -> str:
+    """FFmpeg's reason without the errno and path PyAV adds."""
+    return getattr(err, "strerror", None) or str(err)
 
 
 def _decode(uri: str, keep_frames: bool) -> tuple[ClipInfo, list[np.ndarray]]:
@@ -59,14 +64,14 @@ def _decode(uri: str, keep_frames: bool) -> tuple[ClipInfo, list[np.ndarray]]:
                 if keep_frames:
                     frames.append(frame.to_ndarray(format="rgb24"))
         except (av.FFmpegError, ValueError) as err:
-            raise ClipProblem("undecodable", f"{uri}: decoding failed after {count} frames ({err}); re-encode the clip") from None
-        if count == 0:
-            raise ClipProblem("no_frames", f"{uri}: contains no decodable frames; re-export the clip")
+            raise ClipProblem("undecodable", f"{uri}: decoding failed after {count} frames ({_why(err)}); re-encode the clip") from None
         # The header's frame count exceeds what decodes when the file was cut short.
         if stream.frames and count < stream.frames:
             raise ClipProblem(
                 "truncated", f"{uri}: only {count} of {stream.frames} frames decode (file cut short); copy it again"
             )
+        if count == 0:
+            raise ClipProblem("no_frames", f"{uri}: contains no decodable frames; re-export the clip")
         rate = stream.average_rate or stream.guessed_rate
         if rate:
             fps = float(rate)

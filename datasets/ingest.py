@@ -61,9 +61,8 @@ def ingest(source: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: 
     have at least `min_frames` frames, `min_fps` frames per second and `min_size` pixels a side;
     rows with a `reference_alignment_score` below `min_alignment` are rejected as well.
     """
-    manifest = find_manifest(source)
-    root = manifest.rsplit("/", 1)[0]
-    name = manifest.rsplit("/", 1)[1]
+    manifest = storage.parse_uri(find_manifest(source)).uri  # absolute: relative clip paths hang off it
+    root, name = manifest.rsplit("/", 1)
     text = _read_text(manifest)
     result = IngestResult()
     raw = _parse_jsonl(text, name, result) if name.endswith(".jsonl") else _parse_csv(text, name)

@@ -66,7 +66,7 @@ def _faststart_mp4(path: Path) -> None:
         container.mux(stream.encode())
 
 
-def test_reads_the_synthetic_set_in_vap_data_layout(dataset):
+def test_reads_the_synthetic_set_in_vap_data_layout(dataset, monkeypatch):
     result = ingest(str(dataset), progress=False)
     assert len(result.clips) == N_GOOD and result.rejected == []
     rows = {r["video_paths"]: r for r in _rows(dataset)}
@@ -78,8 +78,10 @@ def test_reads_the_synthetic_set_in_vap_data_layout(dataset):
         assert clip.alignment_score == float(row["reference_alignment_score"])
         assert clip.refs == tuple(r[:-4] for r in json.loads(row["ref_video_paths"]))
     assert {c.category for c in result.clips} == {"concept", "style", "motion", "camera"}
-    # The manifest file itself is an accepted source too.
+    # The manifest file itself is an accepted source too, also as a relative path.
     assert len(ingest(str(dataset / "metadata.csv"), progress=False).clips) == N_GOOD
+    monkeypatch.chdir(dataset)
+    assert [c.uri for c in ingest("metadata.csv", progress=False).clips] == [c.uri for c in result.clips]
 
 
 def test_each_bad_clip_is_quarantined_with_its_reason_and_nothing_else_is_lost(dataset):

@@ -1,0 +1,171 @@
+"""CogVideoX (I2V 1.0, e.g. THUDM/CogVideoX-5b-I2V) as a VAP family.
+
+Latents are [B, F, C, H, W]; the I2V input is the noisy latents with the first-frame latent
+(zero-padded to F frames) concatenated on channels. Text tokens and video tokens share each
+block's attention; RoPE covers the video tokens only. The expert's timestep is the target's
+(joint mode), its output head does not exist.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vap.errors import DataError, ModelError
+from vap.training.attention import attend
+from vap.training.families import Family, Stream, TrainingInputs
+from vap.training.rope import Positions, axis_tables
+
+
+def batch_tensor(batch: dict, key: str, device, dtype) -> torch.Tensor:
+    if key not in batch:
+        raise DataError(f"batch has no '{key}' (has {sorted(batch)}); rebuild the shards for this family")
+    return torch.as_tensor(batch[key]).to(device=device, dtype=dtype)
+
+
+def check_same_grid(target: torch.Tensor, reference: torch.Tensor, what: str) -> None:
+    """Shard-layout latents [B, C, F, h, w]: all but the frame count must agree."""
+    if target.shape[:2] != reference.shape[:2] or target.shape[3:] != reference.shape[3:]:
+        raise DataError(f"{what}: reference latents {tuple(reference.shape)} do not match target latents "
+                        f"{tuple(target.shape)} in batch, channels or resolution; encode both at one size")
+
+
+class CogVideoX(Family):
+    name = "cogvideox"
+    transformer_class = "CogVideoXTransformer3DModel"
+    pipeline_class = "CogVideoXImageToVideoPipeline"
+    frame_axis = 1
+    channel_axis = 2
+    embedder_names = ("patch_embed", "time_proj", "time_embedding")
+    blocks_attr = "transformer_blocks"
+
+    def default_blocks(self, num_layers: int) -> list[int]:
+        return list(range(num_layers - 1))  # the paper: blocks 0..40 of 42
+
+    def check_config(self, config) -> None:
+        if config.get("patch_size_t") or config.get("ofs_embed_dim"):
+            raise ModelError("CogVideoX 1.5 backbones (patch_size_t / ofs_embed_dim set) are not supported; "
+                             "use a CogVideoX 1.0 I2V backbone such as THUDM/CogVideoX-5b-I2V")
+        if not config.get("use_rotary_positional_embeddings"):
+            raise ModelError("this CogVideoX backbone has no RoPE (use_rotary_positional_embeddings=false), "
+                             "so the reference's temporal bias cannot apply; use an I2V backbone with RoPE")
+
+    # --- forward pieces --------------------------------------------------------------------
+    def target_positions(self, config, video_shape) -> Positions:
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import (
+            get_resize_crop_region_for_grid,
+        )
+
+        frames, height, width = video_shape[1], video_shape[3], video_shape[4]
+        p = config["patch_size"]
+        gh, gw = height // p, width // p
+        (top, left), (bottom, right) = get_resize_crop_region_for_grid(
+            (gh, gw), config["sample_width"] // p, config["sample_height"] // p)
+        # exactly the grids of diffusers' get_3d_rotary_pos_embed (what the I2V pipeline passes)
+        return Positions(
+            t=torch.linspace(0, frames * (frames - 1) / frames, frames),
+            h=torch.linspace(top, bottom * (gh - 1) / gh, gh),
+            w=torch.linspace(left, right * (gw - 1) / gw, gw),
+        )
+
+    def rope(self, config, positions: Positions):
+        d = config["attention_head_dim"]
+        return axis_tables((d // 4, d // 8 * 3, d // 8 * 3), positions, 10000.0, torch.float32)
+
+    def embed(self, mods, video, text, timestep, image_embeds, rope) -> Stream:
+        temb = mods.time_embedding(mods.time_proj(timestep).to(video.dtype))
+        tokens = mods.patch_embed(text, video)
+        n = text.shape[1]
+        return Stream(video=tokens[:, n:], text=tokens[:, :n], temb=temb, rope=rope)
+
+    def block(self, block, s: Stream) -> Stream:
+        video, text = block(hidden_states=s.video, encoder_hidden_states=s.text, temb=s.temb,
+                            image_rotary_emb=s.rope)
+        return s.but(video=video, text=text)
+
+    @staticmethod
+    def _qkv(block, s: Stream):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn = block.attn1
+        n_video, n_text, gate, text_gate = block.norm1(s.video, s.text, s.temb)
+        x = torch.cat([n_text, n_video], 1)
+        q, k, v = (f(x).unflatten(2, (attn.heads, -1)).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        n = n_text.shape[1]
+        q = torch.cat([q[:, :, :n], apply_rotary_emb(q[:, :, n:], s.rope)], 2)
+        k = torch.cat([k[:, :, :n], apply_rotary_emb(k[:, :, n:], s.rope)], 2)
+        return q, k, v, (gate, text_gate)
+
+    @staticmethod
+    def _finish(block, s: Stream, out: torch.Tensor, gates) -> Stream:
+        attn = block.attn1
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
+        n = s.text.shape[1]
+        gate, text_gate = gates
+        video = s.video + gate * out[:, n:]
+        text = s.text + text_gate * out[:, :n]
+        n_video, n_text, gate_ff, text_gate_ff = block.norm2(video, text, s.temb)
+        ff = block.ff(torch.cat([n_text, n_video], 1))
+        return s.but(video=video + gate_ff * ff[:, n:], text=text + text_gate_ff * ff[:, :n])
+
+    def joint_block(self, block, expert_block, target, reference, mode, cached_kv=None):
+        q_t, k_t, v_t, gates_t = self._qkv(block, target)
+        if cached_kv is not None:
+            q_r, (k_r, v_r), gates_r = None, cached_kv, None
+        elif reference is not None:
+            q_r, k_r, v_r, gates_r = self._qkv(expert_block, reference)
+        else:
+            q_r = k_r = v_r = gates_r = None
+        out_t, out_r = attend(q_t, k_t, v_t, q_r, k_r, v_r, mode)
+        target = self._finish(block, target, out_t, gates_t)
+        if out_r is not None:
+            reference = self._finish(expert_block, reference, out_r, gates_r)
+        return target, reference, (k_r, v_r)
+
+    def head(self, backbone, s: Stream, video_shape) -> torch.Tensor:
+        b, f, _, h, w = video_shape
+        x = backbone.norm_final(s.video)
+        x = backbone.norm_out(x, temb=s.temb)
+        x = backbone.proj_out(x)
+        p = backbone.config.patch_size
+        x = x.reshape(b, f, h // p, w // p, -1, p, p)
+        return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+
+    def reference_timestep(self, timestep, mode):
+        # the authors' CogVideoX expert shares the target's t; one_way fixes it so K/V can be cached
+        return timestep if mode == "joint" else torch.zeros_like(timestep)
+
+    # --- training ----------------------------------------------------------------------------
+    def training_inputs(self, batch, config, device, dtype) -> TrainingInputs:
+        def latents(key):  # shards are [B, C, F, h, w]; the transformer takes [B, F, C, h, w]
+            return batch_tensor(batch, key, device, dtype).permute(0, 2, 1, 3, 4)
+
+        check_same_grid(batch_tensor(batch, "target_latent", "cpu", None),
+                        batch_tensor(batch, "reference_latent", "cpu", None), "cogvideox batch")
+        x0 = latents("target_latent")
+        ref = latents("reference_latent")
+        return TrainingInputs(
+            x0=x0,
+            condition=self.first_frame_condition(latents("target_image_latent"), x0.shape[1]),
+            reference=torch.cat([ref, self.first_frame_condition(latents("reference_image_latent"), ref.shape[1])], 2),
+            text=batch_tensor(batch, "target_text", device, dtype),
+            reference_text=batch_tensor(batch, "reference_text", device, dtype),
+        )
+
+    @staticmethod
+    def first_frame_condition(image_latent: torch.Tensor, frames: int) -> torch.Tensor:
+        """The first-frame latent [B, 1, C, h, w] zero-padded to `frames` (CogVideoX I2V's format)."""
+        pad = image_latent.new_zeros(image_latent.shape[0], frames - image_latent.shape[1], *image_latent.shape[2:])
+        return torch.cat([image_latent[:, :1], pad], 1)
+
+    def objective(self, backbone: str):
+        from diffusers import CogVideoXDDIMScheduler
+
+        from vap.training.families import resolve_backbone
+        from vap.training.objectives import VPredictionObjective
+
+        scheduler = CogVideoXDDIMScheduler.from_pretrained(resolve_backbone(backbone), subfolder="scheduler")
+        return VPredictionObjective(self, scheduler)

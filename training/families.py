@@ -1,0 +1,142 @@
+"""What differs between backbone families, behind one small interface (torchtitan's ModelSpec idea).
+
+The VAP transformer, the objectives' callers and the generation pipeline ask the `Family`
+instead of testing `if family == ...`. A family knows its diffusers transformer class, which
+blocks the paper gives an expert, how a stream is embedded, how one block runs (alone or joint
+with the reference stream), the output head, its RoPE, the expert's timestep, its training
+objective and how its pipeline prepares inputs and decodes latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from vap.errors import ModelError
+
+
+@dataclass
+class Stream:
+    """One token stream between blocks: video tokens, text tokens and the conditioning."""
+
+    video: torch.Tensor  # [B, N, D]
+    text: torch.Tensor  # [B, L, D] (Wan: the cross-attention context, CLIP image tokens first)
+    temb: torch.Tensor  # timestep embedding
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin for the video tokens
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific (Wan: per-block modulation)
+
+    def but(self, **changes) -> Stream:
+        return replace(self, **changes)
+
+
+@dataclass
+class TrainingInputs:
+    """A shard batch turned into the transformer's inputs (native latent layout, model dtype)."""
+
+    x0: torch.Tensor  # clean target latents
+    condition: torch.Tensor  # I2V condition channels, concatenated after the noisy latents
+    reference: torch.Tensor  # clean reference latents + their condition channels
+    text: torch.Tensor
+    reference_text: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # family-specific forward kwargs
+
+
+def resolve_backbone(backbone: str) -> str:
+    """A local folder for file:// and s3:// URIs (downloaded once); a path or hub id unchanged."""
+    if "://" in backbone:
+        from vap.storage import materialize
+
+        return str(materialize(backbone))
+    return backbone
+
+
+class Family:
+    """Base class; see `vap.training.cogvideox` and `vap.training.wan`."""
+
+    name: str
+    transformer_class: str  # diffusers class name in transformer/config.json
+    pipeline_class: str
+    frame_axis: int  # the time axis of the transformer's latent input (CogVideoX 1, Wan 2)
+    channel_axis: int
+    embedder_names: tuple[str, ...]  # backbone modules the expert gets its own copy of
+    blocks_attr: str  # the backbone's ModuleList of blocks
+
+    def transformer_cls(self):
+        import diffusers
+
+        return getattr(diffusers, self.transformer_class)
+
+    def blocks(self, backbone) -> torch.nn.ModuleList:
+        return getattr(backbone, self.blocks_attr)
+
+    def num_layers(self, config) -> int:
+        return int(config["num_layers"])
+
+    def default_blocks(self, num_layers: int) -> list[int]:
+        raise NotImplementedError
+
+    def check_config(self, config) -> None:
+        """Raise ModelError for variants of the family this code does not handle."""
+
+    def signature(self, config) -> dict:
+        """What an expert must match in a backbone to be attachable to it."""
+        return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+    def direct_params(self, backbone, expert_blocks) -> list[torch.nn.Parameter]:
+        """Parameters read outside their own module's forward (ZeRO-3 must gather them)."""
+        return []
+
+    # --- the forward, piece by piece -------------------------------------------------------
+    def target_positions(self, config, video_shape) -> Any:
+        raise NotImplementedError
+
+    def rope(self, config, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def embed(self, mods, video, text, timestep, image_embeds, rope) -> Stream:
+        raise NotImplementedError
+
+    def block(self, block, stream: Stream) -> Stream:
+        raise NotImplementedError
+
+    def joint_block(self, block, expert_block, target: Stream, reference: Stream | None, mode: str,
+                    cached_kv=None) -> tuple[Stream, Stream | None, tuple]:
+        raise NotImplementedError
+
+    def head(self, backbone, stream: Stream, video_shape) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reference_timestep(self, timestep: torch.Tensor, mode: str) -> torch.Tensor:
+        """The expert's timestep: a fixed clean t (0) in one_way mode, else the family's rule."""
+        return torch.zeros_like(timestep)
+
+    # --- training and generation -----------------------------------------------------------
+    def training_inputs(self, batch: dict, config, device, dtype) -> TrainingInputs:
+        raise NotImplementedError
+
+    def objective(self, backbone: str):
+        """The family's loss, reading the backbone's scheduler/ config (path, hub id or URI)."""
+        raise NotImplementedError
+
+    def pipeline_ops(self, pipe) -> Any:
+        raise NotImplementedError
+
+
+def _families() -> dict[str, Family]:
+    from vap.training.cogvideox import CogVideoX
+    from vap.training.wan import Wan
+
+    return {f.name: f for f in (CogVideoX(), Wan())}
+
+
+def get_family(name: str) -> Family:
+    families = _families()
+    if name not in families:
+        raise ModelError(f"unknown backbone family {name!r}; choose one of {sorted(families)}")
+    return families[name]
+
+
+def family_of_transformer(class_name: str) -> Family | None:
+    return next((f for f in _families().values() if f.transformer_class == class_name), None)

@@ -15,6 +15,7 @@ import logging
 import tempfile
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +32,48 @@ from vap.spec import JobSpec
 log = logging.getLogger(__name__)
 
 
-def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False) -> snap.Snapshot:
-    """Build (or find) the snapshot of `spec.data.source` for `spec.model`; return it.
+@dataclass
+class Inputs:
+    """What a snapshot is made of: the validated clips (with the rejected), their hashes, the pairs."""
 
-    `force` rebuilds even when a complete snapshot with the same id exists.
-    """
+    result: IngestResult
+    digests: dict[str, str]  # clip id → sha256 of its bytes
+    pairs: dict[str, list[Pair]]
+
+
+def read_inputs(spec: JobSpec, progress: bool = True) -> Inputs:
+    """Validate and hash the clips of `spec.data.source` and pair them; decode nothing twice."""
     data = spec.data
     if not data.source:
         raise DataError("data.source is not set: point it at the raw clips (a folder or s3:// prefix "
                         "with metadata.csv), e.g. one written by `vap data synth`")
     storage.sync_endpoint_env()
     result = ingest(data.source, min_alignment=data.min_alignment, progress=progress)
-    digests = _hash_clips(result, data.frames / data.fps if data.frames > 1 else 0.0, progress)
+    digests = _hash_clips(result, (data.frames - 1) / data.fps, progress)
     if not result.clips:
-        raise DataError(f"{data.source}: no usable clips ({_reasons(result)}); see the reasons above and fix the input")
-    backbone = storage.materialize(spec.model.backbone) if "://" in spec.model.backbone or Path(spec.model.backbone).exists() \
-        else _hub_folder(spec.model.backbone)
+        raise DataError(f"{data.source}: no usable clips ({result.reasons()}); fix the input (see the reasons logged above)")
+    pairs = make_pairs(result.clips, seed=data.seed, refs_per_target=data.refs_per_target,
+                       val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions)
+    return Inputs(result, digests, pairs)
+
+
+def source_report(spec: JobSpec, out_dir: str | Path, progress: bool = True) -> dict:
+    """The dataset report of `spec.data.source` (what a build would take and quarantine), to `out_dir`."""
+    from vap.datasets.report import write_report
+
+    inputs = read_inputs(spec, progress)
+    return write_report(inputs.result, inputs.pairs, Path(out_dir))
+
+
+def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False) -> snap.Snapshot:
+    """Build (or find) the snapshot of `spec.data.source` for `spec.model`; return it.
+
+    `force` rebuilds even when a complete snapshot with the same id exists.
+    """
+    data = spec.data
+    inputs = read_inputs(spec, progress)
+    result, digests, pairs = inputs.result, inputs.digests, inputs.pairs
+    backbone = backbone_folder(spec.model.backbone)
     settings = _settings(spec, backbone, result)
     sid = snap.snapshot_id([_fingerprint(c, digests[c.id]) for c in result.clips], settings)
     root = storage.join(data.shards, sid)
@@ -58,8 +85,6 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     if force:
         storage.remove(root)
 
-    pairs = make_pairs(result.clips, seed=data.seed, refs_per_target=data.refs_per_target,
-                       val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions)
     from vap.datasets.encode import ClipEncoder
 
     encoder = ClipEncoder.from_pretrained(spec.model.family, backbone, text_len=data.text_len)
@@ -84,7 +109,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
         "id": sid, "schema": snap.SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": data.source, "family": spec.model.family, "backbone": spec.model.backbone,
         "settings": settings, "text_len": encoder.text_len,
-        "clips": len(result.clips), "rejected": _reasons(result),
+        "clips": len(result.clips), "rejected": result.reasons(),
         "counts": {s: snap.counts(pairs[s]) for s in snap.SPLITS},
         "shards": {s: snap.shard_hashes(shards[s]) for s in snap.SPLITS},
         "encoded_clips": cache.encoded,
@@ -155,7 +180,7 @@ def _hash_clips(result: IngestResult, seconds: float, progress: bool) -> dict[st
     for clip in track(result.clips, "hashing clips", disable=not progress, transient=True):
         raw = storage.read_bytes(clip.uri)
         length = clip_duration(raw)
-        if length <= seconds - 1e-6:
+        if length <= seconds + 1e-6:  # read_clip needs the last sampled time to be on screen
             result.rejected.append(Rejected(clip.uri, "too_short", f"{clip.uri}: {length:.2f}s long, the spec's frames "
                                             f"and fps need more than {seconds:.2f}s; use longer clips or lower data.frames"))
             continue
@@ -194,10 +219,13 @@ def backbone_identity(name: str, folder: Path) -> dict:
     return {"name": name, "files": h.hexdigest()[:16]}
 
 
-def _hub_folder(repo_id: str) -> Path:
+def backbone_folder(backbone: str) -> Path:
+    """A local folder of the backbone: a path, an s3:// / file:// URI (cached), or a hub id."""
+    if "://" in backbone or Path(backbone).expanduser().exists():
+        return storage.materialize(backbone)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id))
+    return Path(snapshot_download(backbone))
 
 
 def _write_report(result: IngestResult, pairs: dict, uri: str) -> None:
@@ -206,10 +234,6 @@ def _write_report(result: IngestResult, pairs: dict, uri: str) -> None:
     with tempfile.TemporaryDirectory(prefix="vap-report-") as tmp:
         write_report(result, pairs, tmp)
         storage.upload_dir(tmp, uri)
-
-
-def _reasons(result: IngestResult) -> dict[str, int]:
-    return result.reasons()
 
 
 def _progress(enabled: bool) -> Progress:

@@ -102,6 +102,15 @@ class VapLoader(StreamingDataLoader):
             raise
 
 
+def collate(samples: list[dict]) -> dict:
+    """Arrays stacked into tensors [B, …] (a fresh, writable copy), everything else as lists."""
+    import torch
+
+    first = samples[0]
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) if isinstance(first[k], np.ndarray)
+            else [s[k] for s in samples] for k in first}
+
+
 def make_loader(snapshot_uri: str, split: str, *, batch_size: int, seed: int, local_cache: str | Path,
                 shuffle: bool = True, num_workers: int = 0) -> VapLoader:
     """A resumable `StreamingDataLoader` over `split` of the snapshot at `snapshot_uri`.
@@ -120,4 +129,4 @@ def make_loader(snapshot_uri: str, split: str, *, batch_size: int, seed: int, lo
     local = Path(local_cache) / storage.parse_uri(snapshot_uri).path.rstrip("/").rsplit("/", 1)[-1] / split
     dataset = _Dataset(remote=remote, local=str(local), split=None, shuffle=shuffle, shuffle_seed=seed,
                        batch_size=batch_size, validate_hash=HASH)
-    return VapLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    return VapLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)

@@ -152,3 +152,24 @@ def list_snapshots(shards_uri: str) -> list[Snapshot]:
                   and name.count("/") == 1})
     snaps = [Snapshot.load(storage.join(shards_uri, i)) for i in ids]
     return sorted(snaps, key=lambda s: s.index.get("created", ""))
+
+
+def verify_snapshot(uri: str, progress: bool = False) -> int:
+    """Re-hash every stored shard file against the index; DataError naming the first bad one.
+    Returns the number of shard files checked."""
+    from rich.progress import track
+    from streaming.base.hashing import get_hash
+
+    index = Snapshot.load(uri).index
+    files = [(split, f) for split, shard_list in index["shards"].items() for f in shard_list]
+    for split, f in track(files, "verifying shards", disable=not progress, transient=True):
+        name = f"{split}/{f['file']}"
+        try:
+            data = storage.read_bytes(storage.join(uri, name))
+        except StorageError:
+            raise DataError(f"{uri}: shard {name} is missing; rebuild with `vap data build --force`") from None
+        for algo in HASHES:
+            if get_hash(algo, data) != f[algo]:
+                raise DataError(f"{uri}: shard {name} is corrupted ({algo} does not match index.json); "
+                                "rebuild with `vap data build --force`")
+    return len(files)

@@ -109,7 +109,10 @@ def find_manifest(source: str) -> str:
         if not storage.exists(source):
             raise DataError(f"{source}: manifest not found; check the path (and AWS_ENDPOINT_URL for s3://)")
         return source
-    names = [n for n in storage.list_files(source) if "/" not in n]
+    everything = storage.list_files(source)
+    if not everything:
+        raise DataError(f"{source}: no such folder, or it is empty; check the path (and AWS_ENDPOINT_URL for s3://)")
+    names = [n for n in everything if "/" not in n]
     if "metadata.csv" in names:
         return storage.join(source, "metadata.csv")
     found = [n for n in names if n.endswith(".csv")] or [n for n in names if n.endswith(".jsonl")]
@@ -117,7 +120,8 @@ def find_manifest(source: str) -> str:
         return storage.join(source, found[0])
     if not found:
         raise DataError(f"{source}: no metadata.csv, *.csv or *.jsonl manifest in this folder; "
-                        "point at VAP-Data's folder or write a JSONL manifest (see `vap data --help`)")
+                        "point at VAP-Data's folder, or write a JSONL manifest with one "
+                        '{"video": …, "caption": …, "condition": …, "category": …} object per line')
     raise DataError(f"{source}: several manifests ({', '.join(found)}); name the one to use, e.g. {storage.join(source, found[0])}")
 
 

@@ -192,7 +192,11 @@ def test_csv_missing_a_column_raises_naming_it(dataset):
 
 
 def test_no_manifest_or_several_raise_with_the_fix(tmp_path):
-    with pytest.raises(DataError, match="no metadata.csv"):
+    with pytest.raises(DataError, match="no such folder, or it is empty"):
+        ingest(str(tmp_path / "missing"), progress=False)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")
+    with pytest.raises(DataError, match="no metadata.csv, .* manifest in this folder; .* JSONL manifest"):
         ingest(str(tmp_path), progress=False)
     with pytest.raises(DataError, match="manifest not found"):
         ingest(str(tmp_path / "nope.csv"), progress=False)

@@ -36,7 +36,7 @@ def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None
     _stage(2, f"synthetic VAP-Data (concept, style, motion, camera) → {spec.data.source}")
     synth = synthesize(spec.data.source, frames=spec.data.frames * 2, fps=spec.data.fps, size=spec.data.width,
                        seed=spec.data.seed)
-    console.print(f"   {synth}")
+    console.print(f"   {synth.summary()}")
 
     _stage(3, f"validate, encode and shard → {spec.data.shards}")
     snapshot = build_snapshot(spec)

@@ -15,7 +15,7 @@ from rich.console import Console
 from vap.spec import JobSpec, load_spec
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None) -> None:

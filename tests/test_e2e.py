@@ -91,7 +91,7 @@ def test_registered_version_points_at_checkpoint_and_alias_moves(trained):
     registry = Registry(spec.registry.tracking_uri, spec.registry.model_name)
     version = registry.get_version(result.version)
     assert version.source == storage.join(result.checkpoint_uri, "expert")
-    assert version.tags["data_snapshot"].startswith(f"s3://e2e/vap-data/")
+    assert version.tags["data_snapshot"].startswith("s3://e2e/vap-data/")
     assert registry.version_of("challenger") == result.version
     promotion = registry.promote()
     assert promotion.version == result.version

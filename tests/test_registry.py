@@ -3,8 +3,8 @@
 import subprocess
 
 import pytest
-
 from conftest import REPO, free_port
+
 from vap.errors import RegistryError
 from vap.registry import Registry
 

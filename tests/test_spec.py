@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from vap.errors import SpecError
 from vap.spec import load_spec, parse_spec
 

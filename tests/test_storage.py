@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import free_port
+
 from vap import storage
 from vap.errors import StorageError
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,8 @@ def train(spec: JobSpec, resume: bool = True, progress: bool = True) -> TrainRes
     )
     started = time.monotonic()
     try:
-        result = trainer.fit()
+        with _Progress(registry, run_id, spec.trainer.steps, enabled=progress):
+            result = trainer.fit()
     except Exception as err:
         registry.finish_run(run_id, "FAILED")
         raise TrainingError(f"training job {spec.name} failed: {err}; worker logs are under "
@@ -289,6 +291,50 @@ def _train_loop(config: dict) -> None:
                 ckpt.save(engine, model, Path(d), step=step, loader_state=loader.state_dict(),
                           meta={"metrics": metrics, "snapshot": snapshot, "job": spec.name})
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+class _Progress:
+    """A progress bar on the driver, fed by the step metrics rank 0 streams to MLflow."""
+
+    def __init__(self, registry: Registry, run_id: str, total: int, enabled: bool = True):
+        self.registry, self.run_id, self.total, self.enabled = registry, run_id, total, enabled
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task("starting Ray workers…", total=self.total)
+            while True:
+                stopping = self._stop.wait(2.0)
+                try:
+                    history = self.registry.metric_history(self.run_id, "loss")
+                except Exception:  # the bar is best effort; training goes on regardless
+                    history = []
+                if history:
+                    step, loss = max(history)
+                    bar.update(task, completed=step, description=f"loss {loss:.4f}")
+                if stopping:
+                    return
 
 
 class _Tracker:

@@ -223,8 +223,32 @@ def render(values: dict, release: str, namespace: str = DEFAULT_NAMESPACE, chart
         cmd = [tool("helm"), "template", release, str(chart), "--namespace", namespace, "--values", str(values_file)]
         proc = _run(cmd, "helm template")
     if proc.returncode != 0:
-        raise KubeError(f"{chart.name}: values refused: {_one_line(proc.stderr).removeprefix('Error: ')}")
+        raise KubeError(f"{chart.name}: values refused: {explain_helm_error(proc.stderr)}")
     return proc.stdout
+
+
+# What a bare `'not' failed` from the schema means, by values path.
+_NOT_HINTS = {
+    r"image\.tag": "'latest' is refused: pin a version tag or set image.digest",
+    r"extraEnv\.\d+\.name": "looks like a credential: reference it from a Secret, never as a plain value",
+    r"mlflow\.allowedHosts\.\d+": "'*' would switch off MLflow's Host check: list the host names",
+}
+
+
+def explain_helm_error(stderr: str) -> str:
+    """helm's schema / `fail` output as one readable line naming each bad values key."""
+    text = _one_line(stderr).removeprefix("Error: ")
+    text = re.sub(r"values don't meet the specifications of the schema\(s\) in the following chart\(s\): [\w.-]+: ", "", text)
+    text = re.sub(r"execution error at \([^)]*\): ", "", text).removesuffix(" Use --debug flag to render out invalid YAML")
+
+    def key(match: re.Match) -> str:
+        path = match.group(1).strip("/").replace("/", ".") or "(top level)"
+        return f"'{path}':"
+
+    text = re.sub(r"- at '([^']*)':", key, text)
+    for pattern, hint in _NOT_HINTS.items():
+        text = re.sub(rf"'({pattern})': 'not' failed", rf"'\1': {hint}", text)
+    return text
 
 
 def parse_manifests(text: str) -> list[dict]:

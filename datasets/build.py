@@ -74,8 +74,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     inputs = read_inputs(spec, progress)
     result, digests, pairs = inputs.result, inputs.digests, inputs.pairs
     backbone = backbone_folder(spec.model.backbone)
-    settings = _settings(spec, backbone, result)
-    sid = snap.snapshot_id([_fingerprint(c, digests[c.id]) for c in result.clips], settings)
+    sid, settings = identify(spec, inputs, backbone)
     root = storage.join(data.shards, sid)
 
     if storage.exists(storage.join(root, snap.INDEX)) and not force:
@@ -119,6 +118,13 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     built = snap.Snapshot.load(root)
     log.info("%s", built.summary())
     return built
+
+
+def identify(spec: JobSpec, inputs: Inputs, backbone: Path) -> tuple[str, dict]:
+    """(snapshot id, settings): the id hashes the clips' bytes and labels, the settings and the backbone."""
+    settings = _settings(spec, backbone, inputs.result)
+    clips = [_fingerprint(c, inputs.digests[c.id]) for c in inputs.result.clips]
+    return snap.snapshot_id(clips, settings), settings
 
 
 def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, advance) -> list[dict]:

@@ -45,3 +45,26 @@ lint: setup ## ruff
 
 clean: ## remove the venv and demo state
 	rm -rf $(VENV) .vap-demo
+
+# --- Kubernetes (charts/) ---
+NAMESPACE  ?= vap
+VARIANT    ?= cpu
+IMAGE_REPO ?= vap-platform
+VAP_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+.PHONY: submit-job image k8s-tools
+
+submit-job: setup ## train on the current kube context: SPEC=job.yaml [NAMESPACE=vap] [VALUES=cluster.yaml] [IMAGE=repo:tag] [GPUS_PER_POD=8] [DRY_RUN=1]
+	@test -n "$(SPEC)" || { echo "error: name the job spec: make submit-job SPEC=path/to/job.yaml [NAMESPACE=vap] [DRY_RUN=1]" >&2; exit 2; }
+	$(BIN)/vap k8s submit "$(SPEC)" --namespace "$(NAMESPACE)" \
+	  $(foreach v,$(VALUES),--values "$(v)") \
+	  $(if $(IMAGE),--image "$(IMAGE)") \
+	  $(if $(GPUS_PER_POD),--gpus-per-pod "$(GPUS_PER_POD)") \
+	  $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run)
+
+image: ## build the training image: VARIANT=cpu|cuda → vap-platform:<version>-<variant>
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker daemon reachable (docker info failed); start Docker or build elsewhere with: docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE_REPO):$(VAP_VERSION)-$(VARIANT) ." >&2; exit 2; }
+	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE_REPO):$(VAP_VERSION)-$(VARIANT) .
+
+k8s-tools: ## install helm v3.19.0 + kubectl v1.34.5 into .venv/bin and checkov into .tools (pinned; make setup does it too)
+	bash tools/install-k8s-tools.sh $(VENV)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vap.training.tiny import TEXT_DIM, TEXT_LEN
+from vap.training.tiny import TEXT_DIM, TEXT_LEN, WAN_TEXT_LEN
 
 FAMILIES = ("cogvideox", "wan")
 LATENT = dict(channels=4, frames=3, height=8, width=8)  # tiny VAEs: 4 latent channels
@@ -16,6 +16,7 @@ def shard_batch(family: str, batch: int = 2, seed: int = 0, ref_frames: int | No
     g = torch.Generator().manual_seed(seed)
     c, f, h, w = LATENT["channels"], LATENT["frames"], LATENT["height"], LATENT["width"]
     fr = ref_frames or f
+    length = TEXT_LEN if family == "cogvideox" else WAN_TEXT_LEN
 
     def r(*shape):
         return torch.randn(*shape, generator=g).half()
@@ -23,8 +24,8 @@ def shard_batch(family: str, batch: int = 2, seed: int = 0, ref_frames: int | No
     out = {
         "target_latent": r(batch, c, f, h, w),
         "reference_latent": r(batch, c, fr, h, w),
-        "target_text": r(batch, TEXT_LEN, TEXT_DIM),
-        "reference_text": r(batch, TEXT_LEN, TEXT_DIM),
+        "target_text": r(batch, length, TEXT_DIM),
+        "reference_text": r(batch, length, TEXT_DIM),
     }
     if family == "cogvideox":
         out["target_image_latent"] = r(batch, c, 1, h, w)

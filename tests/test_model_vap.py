@@ -112,9 +112,10 @@ def test_training_steps_touch_only_the_expert(tiny_backbones, family):
     objective = get_family(family).objective(str(tiny_backbones[family]))
     optimizer = torch.optim.AdamW(model.expert_parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    null = torch.zeros(16, 32)
     for step in range(2):
-        loss = objective(model, shard_batch(family, seed=step), generator=g, caption_dropout=0.5, null_text=null)
+        batch = shard_batch(family, seed=step)
+        null = torch.zeros(batch["target_text"].shape[1:])
+        loss = objective(model, batch, generator=g, caption_dropout=0.5, null_text=null)
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
         assert all(p.grad is None for p in model.backbone.parameters())
@@ -233,3 +234,12 @@ def test_several_references_laid_along_time(tiny_backbones, family):
         out = model(**kw).sample
     assert out.shape[model.family.frame_axis] == 3 and torch.isfinite(out).all()
 
+
+
+def test_wan_i2v_needs_its_caption_length(tiny_backbones):
+    """diffusers splits Wan I2V's context into image and text at 512 tokens: anything else would
+    silently mix them up, so it is refused."""
+    model = build(tiny_backbones, "wan", blocks=[0])
+    kw = forward_kwargs(model, shard_batch("wan"))
+    with pytest.raises(ModelError, match="captions have 16 tokens .* needs 512"):
+        model(**dict(kw, encoder_hidden_states=kw["encoder_hidden_states"][:, :16]))

@@ -33,8 +33,9 @@ engine, *_ = deepspeed.initialize(model=model, config=config,
 objective = get_family(family).objective(path)
 g = torch.Generator().manual_seed(0)
 for step in range(2):
-    loss = objective(engine, shard_batch(family, seed=step), generator=g, caption_dropout=0.5,
-                     null_text=torch.zeros(16, 32))
+    batch = shard_batch(family, seed=step)
+    loss = objective(engine, batch, generator=g, caption_dropout=0.5,
+                     null_text=torch.zeros(batch["target_text"].shape[1:]))
     assert torch.isfinite(loss), loss
     engine.backward(loss)
     engine.step()

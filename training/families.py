@@ -89,6 +89,9 @@ class Family:
         return []
 
     # --- the forward, piece by piece -------------------------------------------------------
+    def check_text(self, config, text: torch.Tensor) -> None:
+        """Raise ModelError if caption embeddings cannot work with this backbone."""
+
     def target_positions(self, config, video_shape) -> Any:
         raise NotImplementedError
 

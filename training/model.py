@@ -186,6 +186,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         fam, cfg, mode = self.family, self.config.backbone_config, self.config.reference_attention
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1)
         timestep = timestep.expand(hidden_states.shape[0]) if timestep.numel() == 1 else timestep
+        fam.check_text(cfg, encoder_hidden_states)
         target_pos = fam.target_positions(cfg, hidden_states.shape)
         target = fam.embed(self.backbone, hidden_states, encoder_hidden_states, timestep,
                            encoder_hidden_states_image, self._rope(target_pos, hidden_states))
@@ -234,6 +235,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         fam = self.family
         if reference_text is None:
             raise ModelError("a reference video needs its caption embedding (reference_encoder_hidden_states)")
+        fam.check_text(self.config.backbone_config, reference_text)
         ft, fr = target.shape[fam.frame_axis], reference.shape[fam.frame_axis]
         others_t = [s for a, s in enumerate(target.shape) if a != fam.frame_axis]
         others_r = [s for a, s in enumerate(reference.shape) if a != fam.frame_axis]

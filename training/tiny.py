@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 TEXT_DIM = 32
 TEXT_LEN = 16  # tokens per caption (CogVideoX needs exactly max_text_seq_length)
+# Wan 2.1 I2V attends to the CLIP image tokens with separate projections (added_kv_proj_dim) and
+# diffusers splits the context as "everything but the last 512 tokens is image": Wan captions are
+# 512 tokens, as in the real pipeline.
+WAN_TEXT_LEN = 512
 
 
 def _text_encoder(kind: str):
@@ -72,7 +76,7 @@ def _wan():
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=2 * z + mask_channels,
         out_channels=z, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=64,
-        image_dim=32,
+        image_dim=32, added_kv_proj_dim=32,  # like Wan2.1-I2V: image cross-attention of its own
     )
     tokenizer, text_encoder = _text_encoder("umt5")
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from vap.errors import DataError
+from vap.errors import DataError, ModelError
 from vap.training.attention import attend
 from vap.training.cogvideox import batch_tensor, check_same_grid
 from vap.training.families import Family, Stream, TrainingInputs
 from vap.training.rope import Positions, axis_tables
+
+TEXT_TOKENS = 512  # umT5 context length of the Wan pipelines
 
 
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -45,6 +47,13 @@ class Wan(Family):
         return params
 
     # --- forward pieces --------------------------------------------------------------------
+    def check_text(self, config, text):
+        # diffusers' WanAttnProcessor takes all but the last 512 context tokens as image tokens
+        if config.get("added_kv_proj_dim") and text.shape[1] != TEXT_TOKENS:
+            raise ModelError(f"captions have {text.shape[1]} tokens but this Wan I2V backbone needs {TEXT_TOKENS} "
+                             f"(its attention splits image and text context at {TEXT_TOKENS}); encode with "
+                             f"text_len {TEXT_TOKENS}")
+
     def target_positions(self, config, video_shape) -> Positions:
         p_t, p_h, p_w = config["patch_size"]
         f, h, w = video_shape[2] // p_t, video_shape[3] // p_h, video_shape[4] // p_w

@@ -38,8 +38,12 @@ def _text_encoder(kind: str):
 
 
 def _cogvideox():
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler,
-                           CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
 
     latent = 4
     transformer = CogVideoXTransformer3DModel(
@@ -61,8 +65,12 @@ def _cogvideox():
 
 
 def _wan():
-    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline,
-                           WanTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     z = 4

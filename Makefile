@@ -56,7 +56,7 @@ VAP_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 submit-job: setup ## train on the current kube context: SPEC=job.yaml [NAMESPACE=vap] [VALUES=cluster.yaml] [IMAGE=repo:tag] [GPUS_PER_POD=8] [DRY_RUN=1]
 	@test -n "$(SPEC)" || { echo "error: name the job spec: make submit-job SPEC=path/to/job.yaml [NAMESPACE=vap] [DRY_RUN=1]" >&2; exit 2; }
-	$(BIN)/vap k8s submit "$(SPEC)" --namespace "$(NAMESPACE)" \
+	@$(BIN)/vap k8s submit "$(SPEC)" --namespace "$(NAMESPACE)" \
 	  $(foreach v,$(VALUES),--values "$(v)") \
 	  $(if $(IMAGE),--image "$(IMAGE)") \
 	  $(if $(GPUS_PER_POD),--gpus-per-pod "$(GPUS_PER_POD)") \

@@ -112,6 +112,17 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     return line
 
 
+def test_make_submit_job_dry_run(spec_file):
+    # -o setup: the venv is set up already (`make test` depends on setup)
+    make = ["make", "-s", "-o", "setup", "-C", str(REPO), "submit-job"]
+    proc = subprocess.run([*make, f"SPEC={spec_file}", "DRY_RUN=1", "NAMESPACE=team-b"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    objs = kube.parse_manifests(proc.stdout)  # stdout is exactly the objects
+    assert sorted((o["kind"], o["metadata"]["namespace"]) for o in objs) == [("ConfigMap", "team-b"), ("RayJob", "team-b")]
+    proc = subprocess.run(make, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "make submit-job SPEC=" in proc.stderr
+
+
 def test_submit_without_a_cluster_is_one_clear_line(spec_file, tmp_path):
     # no kube context at all
     line = _error_line(_vap("submit", str(spec_file), env={"KUBECONFIG": str(tmp_path / "missing")}))

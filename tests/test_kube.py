@@ -143,6 +143,49 @@ def test_submit_without_a_cluster_is_one_clear_line(spec_file, tmp_path):
     assert "not-a-real-token" not in proc.stderr
 
 
+@pytest.fixture()
+def fake_apiserver(tmp_path, monkeypatch):
+    """An in-memory Kubernetes API (kmock) on a loopback port; KUBECONFIG points at it."""
+    import asyncio
+    import threading
+
+    import kmock
+
+    loop, ready, box = asyncio.new_event_loop(), threading.Event(), {}
+
+    async def serve():
+        box["stop"] = asyncio.Event()
+        async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+            api["/readyz"] << b"ok"
+            box["api"], box["url"] = api, str(server.url)
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(20), "kmock did not start"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": box["url"]}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    yield box["api"]
+    loop.call_soon_threadsafe(box["stop"].set)
+    thread.join(10)
+
+
+def test_cluster_check_wants_kuberay(fake_apiserver):
+    verbs = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    fake_apiserver.resources["v1/configmaps"] = {"kind": "ConfigMap", "namespaced": True, "verbs": verbs}
+    with pytest.raises(kube.KubeError, match=r"KubeRay is not installed in the cluster of context 'fake' \(no rayjobs\.ray\.io API\)"):
+        kube.check_cluster()
+    fake_apiserver.resources["ray.io/v1/rayjobs"] = {"kind": "RayJob", "namespaced": True, "verbs": verbs}
+    assert kube.check_cluster() == "fake"
+
+
 def test_submit_checks_the_spec_first(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_spec(workers=0)))

@@ -54,12 +54,13 @@ VAP_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .PHONY: submit-job image k8s-tools
 
-submit-job: setup ## train on the current kube context: SPEC=job.yaml [NAMESPACE=vap] [VALUES=cluster.yaml] [IMAGE=repo:tag] [GPUS_PER_POD=8] [DRY_RUN=1]
+submit-job: setup ## train on the current kube context: SPEC=job.yaml [NAMESPACE=vap] [VALUES=cluster.yaml] [IMAGE=repo:tag] [GPUS_PER_POD=8] [REPLACE=1] [DRY_RUN=1]
 	@test -n "$(SPEC)" || { echo "error: name the job spec: make submit-job SPEC=path/to/job.yaml [NAMESPACE=vap] [DRY_RUN=1]" >&2; exit 2; }
 	@$(BIN)/vap k8s submit "$(SPEC)" --namespace "$(NAMESPACE)" \
 	  $(foreach v,$(VALUES),--values "$(v)") \
 	  $(if $(IMAGE),--image "$(IMAGE)") \
 	  $(if $(GPUS_PER_POD),--gpus-per-pod "$(GPUS_PER_POD)") \
+	  $(if $(filter 1 true yes,$(REPLACE)),--replace) \
 	  $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run)
 
 image: ## build the training image: VARIANT=cpu|cuda → vap-platform:<version>-<variant>

@@ -413,17 +413,47 @@ def check_cluster() -> str:
     return context
 
 
+# KubeRay's jobDeploymentStatus values after which a RayJob never runs again.
+FINISHED = ("Complete", "Failed", "ValidationFailed")
+
+
+def rayjob_status(name: str, namespace: str) -> str | None:
+    """The jobDeploymentStatus of an existing RayJob ("" before KubeRay saw it), None if absent."""
+    proc = _run([tool("kubectl"), "--request-timeout=10s", "get", "rayjobs.ray.io", name, "-n", namespace,
+                 "--ignore-not-found", "-o", "json"], "kubectl get rayjob", timeout=30)
+    if proc.returncode != 0:
+        raise KubeError(f"cannot read RayJob {namespace}/{name}: {_one_line(proc.stderr)[:300]}")
+    if not proc.stdout.strip():
+        return None
+    return (yaml.safe_load(proc.stdout).get("status") or {}).get("jobDeploymentStatus", "")
+
+
 def submit(spec_path: str | Path, values_files: list[str | Path] = (), image: str | None = None,
-           gpus_per_pod: int | None = None, namespace: str = DEFAULT_NAMESPACE, dry_run: bool = False) -> Submission:
+           gpus_per_pod: int | None = None, namespace: str = DEFAULT_NAMESPACE, dry_run: bool = False,
+           replace: bool = False) -> Submission:
     """Check, render, validate, then `helm upgrade --install` into the current kube context.
 
-    With `dry_run` nothing leaves this machine: the validated objects are returned.
+    With `dry_run` nothing leaves this machine: the validated objects are returned. A finished
+    RayJob of the same name never runs again when upgraded: `replace` uninstalls it first
+    (training resumes from the run's latest checkpoint); without it that is an error.
     """
     spec, values, manifests = prepare(spec_path, values_files, image, gpus_per_pod, namespace)
     result = Submission(spec.name, namespace, manifests)
     if dry_run:
         return result
     context = check_cluster()
+    status = rayjob_status(spec.name, namespace)
+    if status in FINISHED:
+        if not replace:
+            raise KubeError(
+                f"RayJob {namespace}/{spec.name} already ran ({status}) and would not start again: "
+                f"resubmit with --replace (REPLACE=1; it resumes from the latest checkpoint in "
+                f"{spec.storage.uri}) or give the spec another name"
+            )
+        log.info("uninstalling finished release %s (%s) before resubmitting", spec.name, status)
+        proc = _run([tool("helm"), "uninstall", spec.name, "--namespace", namespace, "--wait"], "helm uninstall", timeout=300)
+        if proc.returncode != 0:
+            raise KubeError(f"helm uninstall {spec.name} failed: {_one_line(proc.stderr).removeprefix('Error: ')}")
     with tempfile.TemporaryDirectory(prefix="vap-values-") as tmp:
         values_file = Path(tmp) / "values.yaml"
         values_file.write_text(yaml.safe_dump(values, sort_keys=False))

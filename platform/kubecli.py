@@ -44,11 +44,12 @@ def validate(files: list[Path] = typer.Argument(None, help="Manifest files (mult
 @app.command()
 def submit(spec: Path = _SPEC, values: list[Path] = _VALUES, image: str = _IMAGE,
            gpus_per_pod: int = _GPUS, namespace: str = _NS,
-           dry_run: bool = typer.Option(False, "--dry-run", help="Render and validate offline and print the objects; contact no cluster.")) -> None:
+           dry_run: bool = typer.Option(False, "--dry-run", help="Render and validate offline and print the objects; contact no cluster."),
+           replace: bool = typer.Option(False, "--replace", help="If a RayJob of this name already finished, uninstall it first (training resumes from its latest checkpoint).")) -> None:
     """Check the spec, render, validate, then `helm upgrade --install` into the current kube context."""
     from vap import kube
 
-    result = kube.submit(spec, values, image, gpus_per_pod, namespace, dry_run=dry_run)
+    result = kube.submit(spec, values, image, gpus_per_pod, namespace, dry_run=dry_run, replace=replace)
     _emit(result.summary(), None)
     if not dry_run:
         typer.secho(f"release {result.release} installed in namespace {result.namespace}", fg="green", err=True)

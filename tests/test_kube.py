@@ -186,6 +186,21 @@ def test_cluster_check_wants_kuberay(fake_apiserver):
     assert kube.check_cluster() == "fake"
 
 
+def test_a_finished_job_is_not_silently_upgraded(fake_apiserver, spec_file):
+    import kmock
+
+    verbs = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    rayjobs = kmock.resource("ray.io/v1/rayjobs")
+    fake_apiserver.resources[rayjobs] = {"kind": "RayJob", "namespaced": True, "verbs": verbs}
+    assert kube.rayjob_status("vap-wan", "team") is None
+    fake_apiserver.objects[rayjobs, "team", "vap-wan"] = {
+        "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "vap-wan", "namespace": "team"},
+        "status": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}
+    assert kube.rayjob_status("vap-wan", "team") == "Complete"
+    with pytest.raises(kube.KubeError, match=r"RayJob team/vap-wan already ran \(Complete\).*--replace \(REPLACE=1"):
+        kube.submit(spec_file, namespace="team")
+
+
 def test_submit_checks_the_spec_first(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_spec(workers=0)))

@@ -5,6 +5,10 @@ the job (from `RANK` / `WORLD_SIZE` / `LOCAL_RANK` / `LOCAL_WORLD_SIZE`, which R
 sets on each worker before it creates the process group; filled from torch.distributed when a
 launcher did not), shuffles with a seed, and `StreamingDataLoader.state_dict()` records how far
 the job got, so `load_state_dict` continues the same epoch without repeating a sample.
+
+Every rank takes the same number of steps (collectives would hang otherwise): when a split's
+size is not a multiple of world size × batch size, Streaming repeats a few samples to even the
+ranks out, as torch's DistributedSampler does. Exactly once holds for the multiples.
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def _checksum_error(err: BaseException) -> DataError | None:
         m = re.search(r"Checksum failure: (\S+)", str(seen))
         if m:
             path = Path(m.group(1))
-            shard = f"{path.parent.name}/{path.name}" if path.parent.name.startswith("part-") else path.name
+            # cache/<snapshot>/<split>/part-NNNNN/shard…: name it from the split on
+            shard = "/".join(path.parts[-3:]) if path.parent.name.startswith("part-") else path.name
             return DataError(f"shard {shard} is corrupted (its {HASH} hash does not match index.json); "
                              "rebuild the snapshot with `vap data build --force`")
         seen = seen.__cause__ or seen.__context__
@@ -81,12 +86,21 @@ def _checksum_error(err: BaseException) -> DataError | None:
 
 
 class _Dataset(StreamingDataset):
-    """Keeps the first error of Streaming's download threads (it only re-raises a generic one)."""
+    """Raises the errors of Streaming's download threads: on its own, a failed download (a hash
+    mismatch) only stops the epoch early, silently."""
+
+    vap_failure: BaseException | None = None
 
     def on_exception(self, future) -> None:
-        if future.exception() is not None and getattr(self, "vap_failure", None) is None:
+        if future.exception() is not None and self.vap_failure is None:
             self.vap_failure = future.exception()
         super().on_exception(future)
+
+    def __iter__(self):
+        self.vap_failure = None
+        yield from super().__iter__()
+        if self.vap_failure is not None:
+            raise _checksum_error(self.vap_failure) or self.vap_failure
 
 
 class VapLoader(StreamingDataLoader):
@@ -96,7 +110,7 @@ class VapLoader(StreamingDataLoader):
         try:
             yield from super().__iter__()
         except Exception as err:
-            named = _checksum_error(err) or _checksum_error(getattr(self.dataset, "vap_failure", None))
+            named = _checksum_error(err)
             if named:
                 raise named from None
             raise

@@ -1,0 +1,171 @@
+"""The streaming loader: the batch contract, deterministic order, mid-epoch resume, every sample
+exactly once across 2 ranks (two gloo processes, resumed in the middle), corrupted shards, S3."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vap import storage
+from vap.datasets.build import build_snapshot
+from vap.datasets.loader import load_null_text, make_loader, resolve_snapshot
+from vap.datasets.snapshot import verify_snapshot
+from vap.datasets.synth import synthesize
+from vap.errors import DataError
+from vap.spec import parse_spec
+
+BATCH = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they thrash."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def snapshot(tiny_backbones, tmp_path_factory) -> str:
+    """12 train pairs (3 conditions × 4 clips) in 3 parts, and 4 unseen ones."""
+    src = tmp_path_factory.mktemp("src")
+    synthesize(str(src), conditions_per_category=1, clips_per_condition=4, frames=9, fps=8.0, size=32, progress=False)
+    shards = tmp_path_factory.mktemp("shards")
+    spec = parse_spec({
+        "name": "t", "model": {"family": "cogvideox", "backbone": str(tiny_backbones["cogvideox"])},
+        "data": {"source": str(src), "shards": str(shards), "frames": 5, "fps": 8.0, "val_fraction": 0.0,
+                 "pairs_per_part": 4},
+        "storage": {"uri": "/tmp/unused"}, "registry": {"tracking_uri": "sqlite:////tmp/unused.db"}})
+    return build_snapshot(spec, progress=False).uri
+
+
+def pair_ids(loader, limit: int | None = None) -> list[str]:
+    """Pair ids of the first `limit` batches (all if None); takes no batch beyond them."""
+    return [pid for batch in itertools.islice(loader, limit) for pid in batch["pair_id"]]
+
+
+def test_batches_follow_the_shard_contract(snapshot, tmp_path):
+    batch = next(iter(make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path)))
+    for key in ("pair_id", "condition", "category", "target_caption", "reference_caption"):
+        assert isinstance(batch[key], list) and len(batch[key]) == BATCH and isinstance(batch[key][0], str)
+    for role in ("target", "reference"):
+        latent = batch[f"{role}_latent"]
+        assert latent.dtype == torch.float16 and latent.shape == (BATCH, 4, 3, 16, 16)  # [B, C, F, h, w]
+        assert batch[f"{role}_image_latent"].shape == (BATCH, 4, 1, 16, 16)
+        assert batch[f"{role}_text"].shape == (BATCH, 16, 32)
+    for pid in batch["pair_id"]:
+        target, reference = pid.split("<-")
+        assert target != reference
+    assert load_null_text(snapshot).shape == (16, 32)
+
+
+def test_order_is_deterministic_per_seed(snapshot, tmp_path):
+    a = pair_ids(make_loader(snapshot, "train", batch_size=BATCH, seed=7, local_cache=tmp_path))
+    b = pair_ids(make_loader(snapshot, "train", batch_size=BATCH, seed=7, local_cache=tmp_path))
+    c = pair_ids(make_loader(snapshot, "train", batch_size=BATCH, seed=8, local_cache=tmp_path))
+    assert a == b and sorted(a) == sorted(c) and len(set(a)) == 12
+    assert a != c
+
+
+def test_resume_mid_epoch_continues_where_it_stopped(snapshot, tmp_path):
+    full = pair_ids(make_loader(snapshot, "train", batch_size=BATCH, seed=1, local_cache=tmp_path))
+    first = make_loader(snapshot, "train", batch_size=BATCH, seed=1, local_cache=tmp_path)
+    head = pair_ids(first, limit=2)
+    state = first.state_dict()
+    again = make_loader(snapshot, "train", batch_size=BATCH, seed=1, local_cache=tmp_path)
+    again.load_state_dict(json.loads(json.dumps(state)))  # it survives a checkpoint as JSON
+    assert head + pair_ids(again) == full
+
+
+WORKER = r"""
+import json, sys
+import torch.distributed as dist
+from vap.datasets.loader import make_loader
+
+phase, snapshot, cache, out, state_path = sys.argv[1:]
+dist.init_process_group("gloo")  # RANK / WORLD_SIZE / MASTER_* from the environment
+rank = dist.get_rank()
+loader = make_loader(snapshot, "train", batch_size=2, seed=3, local_cache=cache)
+if phase == "resume":
+    loader.load_state_dict(json.load(open(state_path)))
+seen = []
+for step, batch in enumerate(loader):
+    seen += batch["pair_id"]
+    if phase == "first" and step == 0:  # stop after 1 of 3 steps, as a preempted job would
+        if rank == 0:
+            json.dump(loader.state_dict(), open(state_path, "w"))
+        break
+json.dump(seen, open(f"{out}.{rank}", "w"))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def run_ranks(phase: str, snapshot: str, tmp_path: Path, world: int = 2) -> list[list[str]]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        env.pop("LOCAL_WORLD_SIZE", None)  # as with a bare init_process_group: the loader fills it in
+        procs.append(subprocess.Popen([sys.executable, str(script), phase, snapshot, str(tmp_path / "cache"),
+                                       str(tmp_path / phase), str(tmp_path / "state.json")], env=env))
+    for p in procs:
+        assert p.wait(timeout=180) == 0
+    return [json.loads((tmp_path / f"{phase}.{r}").read_text()) for r in range(world)]
+
+
+@pytest.mark.slow  # four fresh Python processes importing torch and streaming: ≈ 1 min on 2 cores
+def test_two_ranks_see_every_sample_exactly_once_across_a_resume(snapshot, tmp_path):
+    first = run_ranks("first", snapshot, tmp_path)
+    rest = run_ranks("resume", snapshot, tmp_path)
+    assert [len(x) for x in first] == [BATCH, BATCH] and [len(x) for x in rest] == [2 * BATCH, 2 * BATCH]
+    seen = [pid for rank in first + rest for pid in rank]
+    assert len(seen) == 12 and len(set(seen)) == 12  # all 12 pairs, none twice
+    assert not set(first[0] + rest[0]) & set(first[1] + rest[1])  # the ranks never share a sample
+
+
+def test_corrupted_shard_is_an_error_naming_it(snapshot, tmp_path):
+    copy = tmp_path / "snap"
+    shutil.copytree(snapshot, copy)
+    shard = copy / "train" / "part-00001" / "shard.00000.mds.zstd"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"shard train/part-00001/shard\.00000\.mds\.zstd is corrupted"):
+        verify_snapshot(str(copy))
+    loader = make_loader(str(copy), "train", batch_size=BATCH, seed=0, local_cache=tmp_path / "cache", shuffle=False)
+    with pytest.raises(DataError, match=r"shard train/part-00001/shard\.00000\.mds\.zstd is corrupted"):
+        pair_ids(loader)
+
+
+def test_resolve_snapshot(snapshot, tmp_path):
+    shards = str(Path(snapshot).parent)
+    assert resolve_snapshot(shards, "latest") == snapshot
+    assert resolve_snapshot(shards, Path(snapshot).name) == snapshot
+    with pytest.raises(DataError, match="no snapshot built yet .*run `vap data build`"):
+        resolve_snapshot(str(tmp_path), "latest")
+    with pytest.raises(DataError, match="'0123' does not exist"):
+        resolve_snapshot(shards, "0123")
+    with pytest.raises(DataError, match="split 'val' has no pairs"):
+        make_loader(snapshot, "val", batch_size=1, seed=0, local_cache=tmp_path)
+
+
+def test_loads_from_s3(snapshot, s3_bucket, tmp_path):
+    remote = f"{s3_bucket}/vap-data/{Path(snapshot).name}"
+    storage.upload_dir(snapshot, remote)
+    ids = pair_ids(make_loader(remote, "train", batch_size=BATCH, seed=0, local_cache=tmp_path))
+    assert len(ids) == 12 and len(set(ids)) == 12

@@ -176,6 +176,8 @@ def list_files(uri: str, limit: int | None = None) -> list[str]:
     def _list():
         for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):  # a "directory" marker (pyarrow writes them), not a file
+                    continue
                 names.append(obj["Key"][len(prefix):])
                 if limit and len(names) >= limit:
                     return

@@ -47,6 +47,15 @@ def test_s3_storage_over_http(s3_bucket, tmp_path):
     _roundtrip(s3_bucket + "/prefix", tmp_path)
 
 
+def test_s3_directory_markers_are_not_files(s3_bucket, tmp_path):
+    # pyarrow (Ray's checkpoint upload) writes empty "dir/" objects; they must not be downloaded as files
+    loc = storage.parse_uri(s3_bucket)
+    storage.s3_client().put_object(Bucket=loc.bucket, Key="ckpt/expert/", Body=b"")
+    storage.write_bytes(f"{s3_bucket}/ckpt/expert/model.safetensors", b"w")
+    assert storage.list_files(f"{s3_bucket}/ckpt/expert") == ["model.safetensors"]
+    assert (storage.download_dir(f"{s3_bucket}/ckpt/expert", tmp_path / "e") / "model.safetensors").read_bytes() == b"w"
+
+
 def test_s3_missing_bucket(s3_server):
     with pytest.raises(StorageError, match="bucket does not exist"):
         storage.write_bytes("s3://no-such-bucket/x", b"1")

@@ -41,7 +41,6 @@ CRD_DIR = CHARTS / "crds-schemas" / f"kuberay-{KUBERAY_VERSION}"
 # The cluster version objects are validated against (kubectl v1.34.5 ships with the tools).
 KUBERNETES_VERSION = "1.34.0"
 DEFAULT_NAMESPACE = "vap"
-SPEC_MOUNT = "/etc/vap/job.yaml"
 # Helm keeps release records in ConfigMaps: whoever submits jobs then needs no access to the
 # namespace's Secrets (see the platform chart's submitter Role).
 HELM_DRIVER = "configmap"

@@ -353,3 +353,16 @@ def test_vendored_crds_are_kuberay_v1_7_0():
         pytest.skip("../shared is not beside the clone")
     for path in shared.iterdir():
         assert (kube.CRD_DIR / path.name).read_bytes() == path.read_bytes(), f"{path.name} differs from ../shared"
+
+
+def test_chart_follows_the_job_spec_and_the_package_version():
+    from importlib.metadata import version
+
+    from vap.spec import JobSpec
+
+    schema = json.loads((TRAIN / "values.schema.json").read_text())["properties"]["jobSpec"]
+    assert set(schema["properties"]) == set(JobSpec.model_fields), "values.schema.json's jobSpec keys drifted from vap.spec.JobSpec"
+    required = {name for name, field in JobSpec.model_fields.items() if field.is_required()}
+    assert set(schema["required"]) == required
+    for chart in (TRAIN, PLATFORM):  # image tags are <version>-cpu|cuda
+        assert yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"] == version("vap-platform")

@@ -364,5 +364,7 @@ def test_chart_follows_the_job_spec_and_the_package_version():
     assert set(schema["properties"]) == set(JobSpec.model_fields), "values.schema.json's jobSpec keys drifted from vap.spec.JobSpec"
     required = {name for name, field in JobSpec.model_fields.items() if field.is_required()}
     assert set(schema["required"]) == required
+    for path in (TRAIN / "values.yaml", *TRAIN.glob("ci/*.yaml")):  # example specs are real specs
+        parse_spec(yaml.safe_load(path.read_text())["jobSpec"], str(path))
     for chart in (TRAIN, PLATFORM):  # image tags are <version>-cpu|cuda
         assert yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"] == version("vap-platform")

@@ -31,3 +31,35 @@ def info(
     chosen = blocks if blocks in ("default", "all") else [int(b) for b in blocks.split(",") if b.strip()]
     for name in source or list(shipped()):
         typer.echo(model_info(name, blocks=chosen).summary())
+
+
+@app.command("generate")
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="models:/<name>@<alias> (or /<version>), or a checkpoint "
+                                                          "/ expert folder: path, file:// or s3:// URI."),
+    image: str = typer.Option(..., help="First frame: an image (or a video: its first frame), path or URI."),
+    prompt: str = typer.Option(..., help="Caption of the video to generate."),
+    reference: str = typer.Option(..., help="Reference video (mp4) showing the semantic condition, path or URI."),
+    reference_prompt: str = typer.Option(..., help="Caption of the reference video."),
+    out: str = typer.Option("vap.mp4", "--out", "-o", help="Where to write the mp4: path or URI."),
+    backbone: str = typer.Option(None, help="Backbone (default: the one the expert / model version records)."),
+    tracking_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (models:/)."),
+    frames: int = typer.Option(49, help="Video frames (4k+1)."),
+    fps: float = typer.Option(16.0, help="Frame rate of the reference sampling and of the output."),
+    height: int = typer.Option(480, help="Output height in pixels."),
+    width: int = typer.Option(720, help="Output width in pixels (Wan: 832)."),
+    steps: int = typer.Option(50, help="Denoising steps."),
+    guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance (captions dropped, reference kept)."),
+    reference_guidance_scale: float = typer.Option(
+        0.0, help="Extra push toward the reference (with vs without it); raise it if the reference is ignored."),
+    negative_prompt: str = typer.Option("", help="Negative caption for guidance."),
+    seed: int = typer.Option(0, help="Noise seed."),
+    reference_attention: str = typer.Option(None, help="joint or one_way (default: what the expert was trained with)."),
+) -> None:
+    """Generate a video that starts at IMAGE and carries REFERENCE's semantics; write an mp4."""
+    from vap.training.generate import generate as run
+
+    typer.echo(run(model, image, prompt, reference, reference_prompt, out, backbone=backbone,
+                   tracking_uri=tracking_uri, frames=frames, fps=fps, height=height, width=width, steps=steps,
+                   guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,
+                   negative_prompt=negative_prompt, seed=seed, reference_attention=reference_attention))

@@ -161,6 +161,13 @@ class CogVideoX(Family):
         pad = image_latent.new_zeros(image_latent.shape[0], frames - image_latent.shape[1], *image_latent.shape[2:])
         return torch.cat([image_latent[:, :1], pad], 1)
 
+    def decode(self, vae, latents):
+        # inverse of the encoder's scaling (CogVideoXImageToVideoPipeline.decode_latents)
+        sf = vae.config.scaling_factor
+        latents = latents.permute(0, 2, 1, 3, 4)
+        latents = latents * sf if vae.config.get("invert_scale_latents") else latents / sf
+        return vae.decode(latents.to(vae.dtype)).sample
+
     def objective(self, backbone: str):
         from diffusers import CogVideoXDDIMScheduler
 

@@ -119,11 +119,12 @@ class Family:
     def training_inputs(self, batch: dict, config, device, dtype) -> TrainingInputs:
         raise NotImplementedError
 
-    def objective(self, backbone: str):
-        """The family's loss, reading the backbone's scheduler/ config (path, hub id or URI)."""
+    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """Denoised latents (native layout) → video [B, C, F, H, W] in [-1, 1]."""
         raise NotImplementedError
 
-    def pipeline_ops(self, pipe) -> Any:
+    def objective(self, backbone: str):
+        """The family's loss, reading the backbone's scheduler/ config (path, hub id or URI)."""
         raise NotImplementedError
 
 

@@ -67,7 +67,8 @@ class VAPExpert(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, family: str, backbone_config: dict, block_ids: list[int]):
+    def __init__(self, family: str, backbone_config: dict, block_ids: list[int], backbone: str = "",
+                 reference_attention: str = "joint", rope_delta: float | None = None):
         super().__init__()
         fam = get_family(family)
         skeleton = _empty_backbone(fam, backbone_config)
@@ -76,12 +77,14 @@ class VAPExpert(ModelMixin, ConfigMixin):
         self.blocks = nn.ModuleDict({str(i): layers[i] for i in block_ids})
 
     @classmethod
-    def from_backbone(cls, family: Family, backbone: nn.Module, blocks: list[int]) -> VAPExpert:
-        expert = cls(family.name, plain_config(backbone.config), blocks)
+    def from_backbone(cls, family: Family, module: nn.Module, blocks: list[int], **settings) -> VAPExpert:
+        """`settings` (backbone id, reference_attention, rope_delta) are recorded in config.json so
+        generation can rebuild the model the expert was trained in."""
+        expert = cls(family.name, plain_config(module.config), blocks, **settings)
         state = {}
         for name in family.embedder_names:
-            state.update({f"embed.{name}.{k}": v for k, v in getattr(backbone, name).state_dict().items()})
-        layers = family.blocks(backbone)
+            state.update({f"embed.{name}.{k}": v for k, v in getattr(module, name).state_dict().items()})
+        layers = family.blocks(module)
         for i in blocks:
             state.update({f"blocks.{i}.{k}": v for k, v in layers[i].state_dict().items()})
         # clone: an expert sharing storage with the frozen backbone would train the backbone too
@@ -103,7 +106,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, family: str, backbone_config: dict, expert_blocks: list[int],
-                 reference_attention: str = "joint", rope_delta: float | None = None,
+                 reference_attention: str = "joint", rope_delta: float | None = None, backbone_id: str = "",
                  backbone: nn.Module | None = None):
         super().__init__()
         fam = get_family(family)
@@ -114,7 +117,8 @@ class VAPTransformer(ModelMixin, ConfigMixin):
             backbone = fam.transformer_cls().from_config(backbone_config)
         self.backbone = backbone
         self.backbone.requires_grad_(False)
-        self.expert = VAPExpert.from_backbone(fam, backbone, list(expert_blocks))
+        self.expert = VAPExpert.from_backbone(fam, backbone, list(expert_blocks), backbone=backbone_id,
+                                              reference_attention=reference_attention, rope_delta=rope_delta)
         self.expert.requires_grad_(True)
         self.family = fam
         self.gradient_checkpointing = False
@@ -142,7 +146,8 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         chosen = resolve_blocks(blocks, fam, fam.num_layers(model.config))
         log.info("VAP %s: backbone %s, expert on %d of %d blocks", fam.name, backbone, len(chosen),
                  fam.num_layers(model.config))
-        return cls(fam.name, plain_config(model.config), chosen, reference_attention, rope_delta, backbone=model)
+        return cls(fam.name, plain_config(model.config), chosen, reference_attention, rope_delta, backbone,
+                   backbone=model)
 
     # --- the expert alone --------------------------------------------------------------------
     def expert_parameters(self) -> Iterator[nn.Parameter]:

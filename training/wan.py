@@ -153,6 +153,12 @@ class Wan(Family):
             extra=extra,
         )
 
+    def decode(self, vae, latents):
+        c = vae.config
+        mean = torch.tensor(c.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(c.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        return vae.decode((latents.float() * std + mean).to(vae.dtype), return_dict=False)[0]
+
     def objective(self, backbone: str):
         from diffusers import FlowMatchEulerDiscreteScheduler
 

@@ -1,0 +1,103 @@
+"""`vap generate`: an mp4 from a registered model version or a checkpoint URI.
+
+The expert comes from `models:/<name>@<alias>` (or `models:/<name>/<version>`; the version's
+source is the expert folder, as `vap train` registers it) or from a path / file:// / s3:// URI
+of a folder written by `save_expert` (or a checkpoint holding one under `expert/`). The
+backbone is the one the expert records, the version's `backbone` tag, or `backbone=`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vap import storage
+from vap.errors import ModelError, RegistryError
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi")
+
+
+@dataclass(frozen=True)
+class Expert:
+    folder: Path  # local folder with config.json + safetensors
+    backbone: str | None  # from the registry's tags, if any
+    source: str
+
+
+def _expert_folder(local: Path, where: str) -> Path:
+    for folder in (local, local / "expert"):
+        if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+            return folder
+    raise ModelError(f"{where}: no expert here (expected config.json + safetensors, or an expert/ folder); "
+                     "give a checkpoint written by `vap train` or a folder from save_expert")
+
+
+def resolve_expert(model: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Expert:
+    """A local expert folder for a `models:/…` reference or a storage URI."""
+    if not model.startswith("models:/"):
+        return Expert(_expert_folder(storage.materialize(model, cache_dir), model), None, model)
+    from vap.registry import Registry
+
+    name = model.removeprefix("models:/").split("@")[0].split("/")[0]
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise RegistryError(f"{model}: no MLflow tracking URI; pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    storage.sync_endpoint_env()
+    version = Registry(tracking_uri, name).resolve(model)
+    source = version.source
+    if source.startswith(("s3://", "file://", "/")):
+        local = storage.materialize(source, cache_dir)
+    else:  # runs:/, mlflow-artifacts:/ …: let MLflow fetch it
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    log.info("%s → version %s (%s)", model, version.version, source)
+    return Expert(_expert_folder(Path(local), f"{model} (version {version.version}, {source})"),
+                  version.tags.get("backbone"), source)
+
+
+def read_image(uri: str):
+    """uint8 [H, W, 3] from an image file, or the first frame of a video, at any URI."""
+    import numpy as np
+    from PIL import Image
+
+    data = storage.read_bytes(uri)
+    if uri.lower().endswith(VIDEO_SUFFIXES):
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgb24")
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def generate(model: str, image: str, prompt: str, reference: str, reference_prompt: str, out: str, *,
+             backbone: str | None = None, tracking_uri: str | None = None, frames: int = 49, fps: float = 16.0,
+             height: int = 480, width: int = 720, steps: int = 50, guidance_scale: float = 6.0,
+             reference_guidance_scale: float = 0.0, negative_prompt: str = "", seed: int = 0,
+             reference_attention: str | None = None, progress: bool = True) -> str:
+    """Generate a video and write it as an mp4 to `out` (path or URI); returns `out`."""
+    import torch
+
+    from vap.datasets.encode import read_clip
+    from vap.datasets.synth import encode_mp4
+    from vap.training.pipeline import VAPPipeline
+
+    expert = resolve_expert(model, tracking_uri)
+    pipe = VAPPipeline.from_expert(expert.folder, backbone=backbone or expert.backbone,
+                                   reference_attention=reference_attention)
+    ref = read_clip(storage.read_bytes(reference), frames=frames, fps=fps, height=height, width=width,
+                    name=reference)
+    result = pipe(read_image(image), prompt, ref, reference_prompt, negative_prompt=negative_prompt,
+                  height=height, width=width, num_frames=frames, num_inference_steps=steps,
+                  guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,
+                  generator=torch.Generator().manual_seed(seed), progress=progress)
+    storage.write_bytes(out, encode_mp4(result.frames, fps))  # atomic, local or s3
+    log.info("wrote %s (%d frames, %dx%d)", out, len(result.frames), width, height)
+    return out

@@ -1,0 +1,215 @@
+"""Generation: first frame + caption + reference video + reference caption → video frames.
+
+A diffusers-style pipeline over the VAP transformer. Inputs are encoded by the same encoders
+that built the training shards (`vap.datasets.encode.ClipEncoder`) and laid out by the family's
+`training_inputs`, so inference sees exactly the training format; the loop itself is
+family-neutral.
+
+Guidance: classifier-free guidance as the paper trains for it — the unconditional branch drops
+both captions and keeps the reference video. `reference_guidance_scale` adds a second term that
+pushes along (with reference − without reference), for users whose reference is being ignored:
+    ε = ε_uncond + g·(ε_cond − ε_uncond) + r·(ε_cond − ε_no_reference)
+With `reference_attention="one_way"` the reference stream's keys and values are computed at the
+first step and reused at every later step (`ReferenceCache`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vap.errors import DataError, ModelError
+from vap.training.attention import ReferenceCache
+from vap.training.families import resolve_backbone
+from vap.training.model import VAPExpert, VAPTransformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VAPPipelineOutput:
+    frames: np.ndarray | None  # uint8 [F, H, W, 3]
+    latents: torch.Tensor  # the denoised latents, in the transformer's layout
+
+
+def _frames(video) -> np.ndarray:
+    """uint8 [F, H, W, 3] from an array or a list of PIL images / arrays."""
+    if isinstance(video, np.ndarray):
+        array = video
+    else:
+        array = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in video])
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise DataError(f"a video is uint8 [frames, height, width, 3]; got {array.dtype} {tuple(array.shape)}")
+    return array
+
+
+def _image(image) -> np.ndarray:
+    array = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise DataError(f"the first frame is a uint8 [height, width, 3] image; got {array.dtype} {tuple(array.shape)}")
+    return array
+
+
+class VAPPipeline:
+    """`VAPPipeline.from_expert(folder)` or `from_backbone(backbone, family)`, then call it."""
+
+    def __init__(self, transformer: VAPTransformer, encoder, scheduler, device: str | torch.device = "cpu"):
+        self.transformer = transformer.eval()
+        self.encoder = encoder  # vap.datasets.encode.ClipEncoder of the family
+        self.scheduler = scheduler
+        self.family = transformer.family
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_backbone(cls, backbone: str, family: str, expert: str | Path | None = None, blocks="default",
+                      reference_attention: str = "joint", rope_delta: float | None = None,
+                      device: str | None = None) -> VAPPipeline:
+        from vap.datasets.encode import ClipEncoder, load_component
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if expert is not None:
+            blocks = VAPExpert.load_config(expert)["block_ids"]
+        transformer = VAPTransformer.from_backbone(backbone, family, blocks=blocks,
+                                                   reference_attention=reference_attention, rope_delta=rope_delta)
+        if expert is not None:
+            transformer.load_expert(expert)
+        local = resolve_backbone(backbone)
+        encoder = ClipEncoder.from_pretrained(family, local, device=device)
+        scheduler = load_component(local, "scheduler", torch.float32)
+        return cls(transformer.to(device), encoder, scheduler, device)
+
+    @classmethod
+    def from_expert(cls, expert: str | Path, backbone: str | None = None, reference_attention: str | None = None,
+                    device: str | None = None) -> VAPPipeline:
+        """Rebuild the model an expert folder (from `save_expert`) was trained in."""
+        config = VAPExpert.load_config(expert)
+        backbone = backbone or config.get("backbone")
+        if not backbone:
+            raise ModelError(f"{expert}: the expert does not record its backbone; pass the backbone explicitly")
+        return cls.from_backbone(backbone, config["family"], expert,
+                                 reference_attention=reference_attention or config.get("reference_attention", "joint"),
+                                 rope_delta=config.get("rope_delta"), device=device)
+
+    # --- encoding ------------------------------------------------------------------------
+    def _text(self, captions: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.encoder.encode_text(captions)).float()
+
+    def _inputs(self, image, reference, prompts, reference_prompts):
+        """The family's model inputs for a batch of len(prompts), via the training layout."""
+        from vap.datasets.encode import to_model_input
+
+        enc = self.encoder
+        ref_cols = enc.encode_clip(reference)
+        first = to_model_input(np.repeat(image[None], len(reference), 0)).unsqueeze(0).to(enc.device, enc.vae.dtype)
+        with torch.no_grad():
+            image_latent = enc.image_latent(first)[0].float().cpu()
+            image_embed = enc.image_embed(image)
+        n = len(prompts)
+
+        def rows(x):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float().cpu()
+            return x.unsqueeze(0).expand(n, *x.shape).contiguous()
+
+        batch = {
+            "target_latent": rows(torch.zeros(ref_cols["latent"].shape)),
+            "target_image_latent": rows(image_latent),
+            "reference_latent": rows(ref_cols["latent"]),
+            "reference_image_latent": rows(ref_cols["image_latent"]),
+            "target_text": self._text(prompts),
+            "reference_text": self._text(reference_prompts),
+        }
+        if image_embed is not None:
+            batch["target_image_embed"] = rows(image_embed[0])
+            batch["reference_image_embed"] = rows(ref_cols["image_embed"])
+        t = self.transformer
+        return self.family.training_inputs(batch, t.config.backbone_config, self.device, t.dtype)
+
+    # --- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        prompt: str,
+        reference_video,
+        reference_prompt: str,
+        negative_prompt: str = "",
+        reference_negative_prompt: str = "",
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        reference_guidance_scale: float = 0.0,
+        generator: torch.Generator | None = None,
+        cache_reference: bool = True,
+        progress: bool = False,
+        output_type: str = "np",
+    ) -> VAPPipelineOutput:
+        """Generate a video starting at `image` that carries `reference_video`'s semantics.
+
+        image: uint8 [H, W, 3] (or PIL); reference_video: uint8 [F, H, W, 3] (or PIL frames),
+        resized/cropped to height × width (default: the reference's); num_frames must equal the
+        reference's frame count. guidance_scale ≤ 1 turns classifier-free guidance off;
+        reference_guidance_scale > 0 strengthens the reference (one more forward per step).
+        cache_reference: reuse the reference keys/values across steps (one_way models only).
+        output_type: "np" decodes frames; "latent" skips the VAE decode.
+        """
+        from vap.datasets.encode import resize_crop
+
+        reference = _frames(reference_video)
+        image = _image(image)
+        height, width = height or reference.shape[1], width or reference.shape[2]
+        num_frames = num_frames or len(reference)
+        if num_frames != len(reference):
+            raise ModelError(f"num_frames={num_frames} but the reference video has {len(reference)} frames; "
+                             "the reference and the target must have the same frame count")
+        self.encoder.check_frames(num_frames)
+        reference = resize_crop(reference, height, width)
+        image = resize_crop(image[None], height, width)[0]
+
+        cfg = guidance_scale > 1.0
+        prompts = [negative_prompt, prompt] if cfg else [prompt]
+        ref_prompts = [reference_negative_prompt, reference_prompt] if cfg else [reference_prompt]
+        inputs = self._inputs(image, reference, prompts, ref_prompts)
+        axis = self.family.channel_axis
+        one_way = self.transformer.config.reference_attention == "one_way"
+        cache = ReferenceCache() if cache_reference and one_way else None
+
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        shape = inputs.x0[:1].shape
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        steps = self.scheduler.timesteps
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="denoising")
+        n = len(prompts)
+        for t in steps:
+            x = latents.to(self.transformer.dtype)
+            pred = self.transformer(
+                hidden_states=torch.cat([x.expand(n, *x.shape[1:]), inputs.condition], axis),
+                timestep=t.expand(n), encoder_hidden_states=inputs.text,
+                reference_hidden_states=inputs.reference, reference_encoder_hidden_states=inputs.reference_text,
+                reference_cache=cache, **inputs.extra,
+            ).sample.float()
+            cond = pred[-1:]
+            out = pred[:1] + guidance_scale * (cond - pred[:1]) if cfg else cond
+            if reference_guidance_scale:
+                no_ref = self.transformer(
+                    hidden_states=torch.cat([x, inputs.condition[-1:]], axis), timestep=t.expand(1),
+                    encoder_hidden_states=inputs.text[-1:],
+                    **{k: v[-1:] for k, v in inputs.extra.items() if not k.startswith("reference")},
+                ).sample.float()
+                out = out + reference_guidance_scale * (cond - no_ref)
+            latents = self.scheduler.step(out, t, latents, return_dict=False)[0]
+
+        if output_type == "latent":
+            return VAPPipelineOutput(frames=None, latents=latents)
+        video = self.family.decode(self.encoder.vae, latents)  # [1, C, F, H, W] in [-1, 1]
+        frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return VAPPipelineOutput(frames=frames.permute(1, 2, 3, 0).cpu().numpy(), latents=latents)

@@ -39,6 +39,11 @@ COPY training /src/training
 COPY datasets /src/datasets
 COPY operators /src/operators
 RUN pip install --no-deps --no-build-isolation /src && pip check
+# helm + kubectl (pinned, sha256-checked) and the charts: vap.kube renders and submits RayJobs
+# from inside the cluster too (the scheduled-retraining operator runs this image)
+COPY tools/install-k8s-tools.sh /src/tools/
+RUN SKIP_CHECKOV=1 bash /src/tools/install-k8s-tools.sh /opt/vap
+COPY charts /opt/vap/share/vap-charts
 
 FROM python:3.11.14-slim-bookworm
 LABEL org.opencontainers.image.title="vap-platform" \
@@ -57,6 +62,7 @@ ENV PATH=/opt/vap/bin:$PATH \
     XDG_CACHE_HOME=/tmp/.cache \
     HF_HOME=/tmp/.cache/huggingface \
     TORCH_EXTENSIONS_DIR=/tmp/.cache/torch_extensions \
+    VAP_CHARTS_DIR=/opt/vap/share/vap-charts \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001

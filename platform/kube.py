@@ -33,7 +33,8 @@ from vap.spec import JobSpec, load_spec
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-CHARTS = REPO / "charts"
+# The repo's charts; the image sets VAP_CHARTS_DIR (it installs vap as a package, without them).
+CHARTS = Path(os.environ.get("VAP_CHARTS_DIR") or REPO / "charts")
 TRAIN_CHART = CHARTS / "vap-train"
 PLATFORM_CHART = CHARTS / "vap-platform"
 KUBERAY_VERSION = "v1.7.0"
@@ -216,6 +217,8 @@ def _one_line(text: str) -> str:
 
 def render(values: dict, release: str, namespace: str = DEFAULT_NAMESPACE, chart: Path = TRAIN_CHART) -> str:
     """`helm template` the chart with these values; the chart's schema and checks refuse bad values."""
+    if not (chart / "Chart.yaml").is_file():
+        raise KubeError(f"no chart at {chart}: run from a clone of vap-platform or set VAP_CHARTS_DIR to its charts/ folder")
     with tempfile.TemporaryDirectory(prefix="vap-values-") as tmp:
         values_file = Path(tmp) / "values.yaml"
         values_file.write_text(yaml.safe_dump(values, sort_keys=False))

@@ -3,6 +3,7 @@ clear errors without a cluster, the platform chart's bootstrap hook, the pinned 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -245,3 +246,26 @@ def test_install_script_is_pinned_and_idempotent():
     assert helm.stdout == "v3.19.0"
     kubectl = subprocess.run([kube.tool("kubectl"), "version", "--client", "-o", "yaml"], capture_output=True, text=True)
     assert yaml.safe_load(kubectl.stdout)["clientVersion"]["gitVersion"] == "v1.34.5"
+
+
+def test_charts_dir_can_be_moved(spec_file, tmp_path):
+    """The image installs vap as a package and its charts elsewhere (VAP_CHARTS_DIR)."""
+    import shutil
+
+    charts = shutil.copytree(REPO / "charts", tmp_path / "charts")
+    values = charts / "vap-train" / "values.yaml"
+    values.write_text(values.read_text().replace("scratchSize: 20Gi", "scratchSize: 7Gi"))
+    proc = _vap("render", str(spec_file), env={"VAP_CHARTS_DIR": str(charts)})
+    assert proc.returncode == 0, proc.stderr
+    assert "sizeLimit: 7Gi" in proc.stdout
+    line = _error_line(_vap("render", str(spec_file), env={"VAP_CHARTS_DIR": str(tmp_path / "nowhere")}))
+    assert "no chart at" in line and "VAP_CHARTS_DIR" in line
+
+
+def test_dockerfile_passes_checkov():
+    checkov = REPO / ".tools" / "checkov" / "bin" / "checkov"
+    proc = subprocess.run([str(checkov), "-f", str(REPO / "Dockerfile"), "--framework", "dockerfile", "--skip-download",
+                           "-o", "json"], capture_output=True, text=True, timeout=120)
+    report = json.loads(proc.stdout)
+    assert report["results"]["failed_checks"] == [], [c["check_id"] for c in report["results"]["failed_checks"]]
+    assert report["summary"]["passed"] > 100  # non-root USER, no latest base tag, HEALTHCHECK stated, …

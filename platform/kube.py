@@ -392,8 +392,10 @@ def check_cluster() -> str:
     """The current kube context, after checking its API server answers and KubeRay is installed."""
     kubectl = tool("kubectl")
     proc = _run([kubectl, "config", "current-context"], "kubectl config current-context", timeout=20)
-    context = proc.stdout.strip()
-    if proc.returncode != 0 or not context:
+    context = proc.stdout.strip() if proc.returncode == 0 else ""
+    if not context and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        context = "in-cluster"  # a pod (the operator): kubectl and helm use its ServiceAccount
+    if not context:
         raise KubeError(
             "no current kube context (KUBECONFIG="
             f"{os.environ.get('KUBECONFIG', '~/.kube/config')}): point kubectl at a cluster "

@@ -131,6 +131,11 @@ def test_submit_without_a_cluster_is_one_clear_line(spec_file, tmp_path):
     # a context whose API server does not answer (a closed local port)
     from conftest import free_port
 
+    # inside a pod there is no kubeconfig: the ServiceAccount's in-cluster config is used
+    line = _error_line(_vap("submit", str(spec_file), env={
+        "KUBECONFIG": str(tmp_path / "missing"), "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(free_port())}))
+    assert "the cluster of kube context 'in-cluster' is not reachable" in line
+
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "gone",

@@ -48,7 +48,7 @@ def _frames(video) -> np.ndarray:
 
 
 def _image(image) -> np.ndarray:
-    array = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
+    array = np.array(image.convert("RGB")) if hasattr(image, "convert") else np.array(image)  # writable copy
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise DataError(f"the first frame is a uint8 [height, width, 3] image; got {array.dtype} {tuple(array.shape)}")
     return array

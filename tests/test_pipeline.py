@@ -113,3 +113,15 @@ def test_mismatched_frame_count_is_refused(tiny_backbones):
     pipe = pipeline(tiny_backbones, "cogvideox")
     with pytest.raises(ModelError, match="num_frames=5 but the reference video has 9 frames"):
         run(pipe, num_frames=5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_without_expert_blocks_generation_is_the_backbones(tiny_backbones, family):
+    """reference_video=None runs the backbone alone; with no expert block the reference cannot
+    reach the target, so both generations agree."""
+    pipe = VAPPipeline.from_backbone(str(tiny_backbones[family]), family, blocks=[], device="cpu")
+    with_reference = run(pipe, num_inference_steps=2).latents
+    backbone_only = pipe(IMAGE, "a cat turns into a statue", None, "", height=32, width=32, num_frames=9,
+                         num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                         output_type="latent").latents
+    torch.testing.assert_close(with_reference, backbone_only, atol=1e-5, rtol=0)

@@ -98,33 +98,47 @@ class VAPPipeline:
     def _text(self, captions: list[str]) -> torch.Tensor:
         return torch.from_numpy(self.encoder.encode_text(captions)).float()
 
-    def _inputs(self, image, reference, prompts, reference_prompts):
-        """The family's model inputs for a batch of len(prompts), via the training layout."""
+    def _latent_frames(self, num_frames: int) -> int:
+        """Latent frames the VAE really makes of `num_frames` (a VAE config's compression ratio
+        can disagree with its layers, e.g. the tiny test VAEs): encode a 32×32 clip of zeros."""
+        enc = self.encoder
+        with torch.no_grad():
+            x = torch.zeros(1, 3, num_frames, 32, 32, device=enc.device, dtype=enc.vae.dtype)
+            return enc.vae.encode(x).latent_dist.mode().shape[2]
+
+    def _inputs(self, image, reference, num_frames, prompts, reference_prompts):
+        """The family's model inputs for a batch of len(prompts), via the training layout.
+        Without a reference, its slots hold zeros (and are not passed to the model)."""
         from vap.datasets.encode import to_model_input
 
         enc = self.encoder
-        ref_cols = enc.encode_clip(reference)
-        first = to_model_input(np.repeat(image[None], len(reference), 0)).unsqueeze(0).to(enc.device, enc.vae.dtype)
+        first = to_model_input(np.repeat(image[None], num_frames, 0)).unsqueeze(0).to(enc.device, enc.vae.dtype)
         with torch.no_grad():
-            image_latent = enc.image_latent(first)[0].float().cpu()
+            image_latent = enc.image_latent(first)[0].float().cpu()  # [C, F' (1 or F), h, w]
             image_embed = enc.image_embed(image)
+        c, _, h, w = image_latent.shape
+        latent_shape = (c, self._latent_frames(num_frames), h, w)
+        if reference is not None:
+            ref = {k: torch.from_numpy(v).float() for k, v in enc.encode_clip(reference).items()}
+        else:
+            ref = {"latent": torch.zeros(latent_shape), "image_latent": image_latent,
+                   "image_embed": None if image_embed is None else image_embed[0]}
         n = len(prompts)
 
         def rows(x):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float().cpu()
-            return x.unsqueeze(0).expand(n, *x.shape).contiguous()
+            return x.float().cpu().unsqueeze(0).expand(n, *x.shape).contiguous()
 
         batch = {
-            "target_latent": rows(torch.zeros(ref_cols["latent"].shape)),
+            "target_latent": rows(torch.zeros(latent_shape)),
             "target_image_latent": rows(image_latent),
-            "reference_latent": rows(ref_cols["latent"]),
-            "reference_image_latent": rows(ref_cols["image_latent"]),
+            "reference_latent": rows(ref["latent"]),
+            "reference_image_latent": rows(ref["image_latent"]),
             "target_text": self._text(prompts),
             "reference_text": self._text(reference_prompts),
         }
         if image_embed is not None:
             batch["target_image_embed"] = rows(image_embed[0])
-            batch["reference_image_embed"] = rows(ref_cols["image_embed"])
+            batch["reference_image_embed"] = rows(ref["image_embed"])
         t = self.transformer
         return self.family.training_inputs(batch, t.config.backbone_config, self.device, t.dtype)
 
@@ -153,31 +167,42 @@ class VAPPipeline:
 
         image: uint8 [H, W, 3] (or PIL); reference_video: uint8 [F, H, W, 3] (or PIL frames),
         resized/cropped to height × width (default: the reference's); num_frames must equal the
-        reference's frame count. guidance_scale ≤ 1 turns classifier-free guidance off;
+        reference's frame count. reference_video=None runs the backbone alone (plain I2V). guidance_scale ≤ 1 turns classifier-free guidance off;
         reference_guidance_scale > 0 strengthens the reference (one more forward per step).
         cache_reference: reuse the reference keys/values across steps (one_way models only).
         output_type: "np" decodes frames; "latent" skips the VAE decode.
         """
         from vap.datasets.encode import resize_crop
 
-        reference = _frames(reference_video)
         image = _image(image)
-        height, width = height or reference.shape[1], width or reference.shape[2]
-        num_frames = num_frames or len(reference)
-        if num_frames != len(reference):
-            raise ModelError(f"num_frames={num_frames} but the reference video has {len(reference)} frames; "
-                             "the reference and the target must have the same frame count")
+        if reference_video is None:  # the backbone's own image-to-video generation
+            if not (height and width and num_frames):
+                raise ModelError("without a reference video give height, width and num_frames")
+            if reference_guidance_scale:
+                raise ModelError("reference_guidance_scale needs a reference video")
+            reference = None
+        else:
+            reference = _frames(reference_video)
+            height, width = height or reference.shape[1], width or reference.shape[2]
+            num_frames = num_frames or len(reference)
+            if num_frames != len(reference):
+                raise ModelError(f"num_frames={num_frames} but the reference video has {len(reference)} frames; "
+                                 "the reference and the target must have the same frame count")
+            reference = resize_crop(reference, height, width)
         self.encoder.check_frames(num_frames)
-        reference = resize_crop(reference, height, width)
         image = resize_crop(image[None], height, width)[0]
 
         cfg = guidance_scale > 1.0
         prompts = [negative_prompt, prompt] if cfg else [prompt]
         ref_prompts = [reference_negative_prompt, reference_prompt] if cfg else [reference_prompt]
-        inputs = self._inputs(image, reference, prompts, ref_prompts)
+        inputs = self._inputs(image, reference, num_frames, prompts, ref_prompts)
         axis = self.family.channel_axis
         one_way = self.transformer.config.reference_attention == "one_way"
-        cache = ReferenceCache() if cache_reference and one_way else None
+        cache = ReferenceCache() if cache_reference and one_way and reference is not None else None
+        ref_kwargs = {} if reference is None else {
+            "reference_hidden_states": inputs.reference, "reference_encoder_hidden_states": inputs.reference_text,
+            "reference_cache": cache, **inputs.extra}
+        target_kwargs = {k: v for k, v in inputs.extra.items() if not k.startswith("reference")}
 
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         shape = inputs.x0[:1].shape
@@ -193,17 +218,14 @@ class VAPPipeline:
             x = latents.to(self.transformer.dtype)
             pred = self.transformer(
                 hidden_states=torch.cat([x.expand(n, *x.shape[1:]), inputs.condition], axis),
-                timestep=t.expand(n), encoder_hidden_states=inputs.text,
-                reference_hidden_states=inputs.reference, reference_encoder_hidden_states=inputs.reference_text,
-                reference_cache=cache, **inputs.extra,
+                timestep=t.expand(n), encoder_hidden_states=inputs.text, **{**target_kwargs, **ref_kwargs},
             ).sample.float()
             cond = pred[-1:]
             out = pred[:1] + guidance_scale * (cond - pred[:1]) if cfg else cond
             if reference_guidance_scale:
                 no_ref = self.transformer(
                     hidden_states=torch.cat([x, inputs.condition[-1:]], axis), timestep=t.expand(1),
-                    encoder_hidden_states=inputs.text[-1:],
-                    **{k: v[-1:] for k, v in inputs.extra.items() if not k.startswith("reference")},
+                    encoder_hidden_states=inputs.text[-1:], **{k: v[-1:] for k, v in target_kwargs.items()},
                 ).sample.float()
                 out = out + reference_guidance_scale * (cond - no_ref)
             latents = self.scheduler.step(out, t, latents, return_dict=False)[0]

@@ -74,8 +74,11 @@ def _wan():
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     z = 4
+    # scale factors stated to match the layers (2 spatial downsamples, 1 temporal): the config's
+    # defaults (8, 4) describe the real VAE and would mislead anyone computing latent shapes
     vae = AutoencoderKLWan(base_dim=16, z_dim=z, dim_mult=[1, 2, 2], num_res_blocks=1,
-                           temperal_downsample=[False, True], latents_mean=[0.0] * z, latents_std=[1.0] * z)
+                           temperal_downsample=[False, True], latents_mean=[0.0] * z, latents_std=[1.0] * z,
+                           scale_factor_temporal=2, scale_factor_spatial=4)
     # I2V input = noisy latents + mask (one channel per temporally compressed frame) + image latents
     mask_channels = vae.temperal_downsample.count(True) * 2
     image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

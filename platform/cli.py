@@ -29,10 +29,12 @@ def _register_subapps() -> None:
     from vap.datasets.cli import app as data_app
     from vap.kubecli import app as k8s_app
     from vap.training.cli import app as model_app
+    from vap.training.cli import generate
 
     app.add_typer(data_app, name="data")
     app.add_typer(model_app, name="model")
     app.add_typer(k8s_app, name="k8s")
+    app.command("generate")(generate)  # `vap generate` = `vap model generate`, the common case
 
 
 @spec_app.command("check")

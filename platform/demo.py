@@ -2,7 +2,7 @@
 
 tiny backbone (hub layout) → synthetic VAP-Data → validated, encoded MDS snapshot → Ray Train +
 DeepSpeed ZeRO-3 on 2 CPU workers → checkpoint in the local object store → MLflow version
-@challenger → promoted to @champion. Every step is idempotent: a second run reuses what exists.
+@challenger → promoted to @champion → a sample video generated with it. Every step is idempotent: a second run reuses what exists.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None
     registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment)
     console.print(f"   {registry.promote().summary()}")
 
+    _stage(6, "generate a sample with models:/…@champion (a tiny random backbone: expect abstract motion)")
+    sample = _generate_sample(spec)
+    console.print(f"   {sample}")
+
     db = spec.registry.tracking_uri
     console.rule("[bold green]done")
     console.print(
@@ -58,9 +62,30 @@ def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None
         f"checkpoint:   {result.checkpoint_uri}\n"
         f"expert:       {result.checkpoint_uri}/expert  (safetensors, save_pretrained layout)\n"
         f"data report:  {snapshot.uri}/report\n"
+        f"sample video: {sample}\n"
         f"model:        models:/{spec.registry.model_name}@champion (version {result.version})"
     )
 
 
+def _generate_sample(spec: JobSpec) -> str:
+    """Animate one synthetic clip's first frame with another clip of the same condition as reference."""
+    import csv
+    import io
+    import json
+
+    from vap import storage
+    from vap.training.generate import generate
+
+    rows = list(csv.DictReader(io.StringIO(storage.read_bytes(storage.join(spec.data.source, "metadata.csv")).decode())))
+    target = rows[0]
+    reference = next(r for r in rows if r["video_paths"] == json.loads(target["ref_video_paths"])[0])
+    out = str(Path(spec.storage.uri).parent / "sample.mp4")
+    return generate(f"models:/{spec.registry.model_name}@champion", storage.join(spec.data.source, target["video_paths"]),
+                    target["tar_video_caption"], storage.join(spec.data.source, reference["video_paths"]),
+                    reference["tar_video_caption"], out, tracking_uri=spec.registry.tracking_uri,
+                    frames=spec.data.frames, fps=spec.data.fps, height=spec.data.height, width=spec.data.width,
+                    steps=10, seed=spec.trainer.seed)
+
+
 def _stage(n: int, text: str) -> None:
-    console.rule(f"[bold]{n}/5[/bold] {text}", align="left")
+    console.rule(f"[bold]{n}/6[/bold] {text}", align="left")

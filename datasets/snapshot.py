@@ -38,7 +38,7 @@ LATEST = "LATEST"
 NULL_TEXT = "null_text.npy"
 REPORT = "report"
 HASHES = ["sha1", "xxh64"]
-SHARD_BYTES = 1 << 27  # 128 MiB: few enough files on S3, small enough to stream
+SHARD_BYTES = 1 << 26  # 64 MiB (Streaming's default): later shards download while earlier ones are read
 
 
 def snapshot_id(clips: list[dict], settings: dict) -> str:
@@ -66,7 +66,8 @@ def part_done(split_uri: str, i: int) -> bool:
     return storage.exists(storage.join(split_uri, part_name(i), INDEX))
 
 
-def write_part(split_uri: str, i: int, samples: Iterable[dict], cols: dict[str, str]) -> int:
+def write_part(split_uri: str, i: int, samples: Iterable[dict], cols: dict[str, str],
+               compression: str | None = "zstd") -> int:
     """Write one part with MDSWriter (uploading as it writes for s3://); its index.json comes last."""
     from streaming import MDSWriter
 
@@ -76,7 +77,7 @@ def write_part(split_uri: str, i: int, samples: Iterable[dict], cols: dict[str, 
     n = 0
     with tempfile.TemporaryDirectory(prefix="vap-mds-") as tmp:
         out = loc.path if loc.scheme == "file" else (str(Path(tmp, "part")), uri)
-        with MDSWriter(out=out, columns=cols, compression="zstd", hashes=HASHES, size_limit=SHARD_BYTES,
+        with MDSWriter(out=out, columns=cols, compression=compression, hashes=HASHES, size_limit=SHARD_BYTES,
                        exist_ok=True) as writer:
             for sample in samples:
                 writer.write(sample)

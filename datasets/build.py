@@ -153,7 +153,7 @@ def _sample(pair: Pair, cache: _ClipCache) -> dict:
 class _ClipCache:
     """Encodes each clip once: pairs of a condition reuse the same clips, and are written together."""
 
-    def __init__(self, encoder, data, digests: dict[str, str], size: int = 256):
+    def __init__(self, encoder, data, digests: dict[str, str], size: int = 128):
         self.encoder, self.data, self.digests, self.size = encoder, data, digests, size
         self.items: OrderedDict[str, dict] = OrderedDict()
         self.encoded = 0
@@ -231,7 +231,10 @@ def backbone_folder(backbone: str) -> Path:
         return storage.materialize(backbone)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(backbone))
+    # The encoders and the configs only: the transformer's weights are tens of GB the build never reads.
+    wanted = ["model_index.json", "transformer/config.json", "vae/*", "text_encoder/*", "tokenizer/*",
+              "image_encoder/*", "image_processor/*"]
+    return Path(snapshot_download(backbone, allow_patterns=wanted))
 
 
 def _write_report(result: IngestResult, pairs: dict, uri: str) -> None:

@@ -109,6 +109,21 @@ def test_snapshot_id_is_content_addressed(tiny_backbones, source, tmp_path):
     assert sid(copy) != base  # a clip's bytes changed
 
 
+def test_alignment_threshold_drops_poorly_aligned_clips(tiny_backbones, source, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader((source / "metadata.csv").open()))
+    low = sum(float(r["reference_alignment_score"]) < 0.8 for r in rows)
+    assert 0 < low < len(rows)
+    spec = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"), min_alignment=0.8)
+    inputs = read_inputs(spec, progress=False)
+    assert len(inputs.result.clips) == len(rows) - low and len(inputs.result.rejected) == low
+    assert all(c.alignment_score >= 0.8 for c in inputs.result.clips)
+    unfiltered = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"))
+    backbone = backbone_folder(str(tiny_backbones["cogvideox"]))
+    assert identify(spec, inputs, backbone)[0] != identify(unfiltered, read_inputs(unfiltered, progress=False), backbone)[0]
+
+
 def test_interrupted_build_resumes_without_redoing_finished_parts(tiny_backbones, source, tmp_path, monkeypatch):
     spec = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"))
     real_write = snap.write_part

@@ -169,3 +169,18 @@ def test_loads_from_s3(snapshot, s3_bucket, tmp_path):
     storage.upload_dir(snapshot, remote)
     ids = pair_ids(make_loader(remote, "train", batch_size=BATCH, seed=0, local_cache=tmp_path))
     assert len(ids) == 12 and len(set(ids)) == 12
+
+
+def test_unreachable_s3_endpoint_names_it(monkeypatch, tmp_path):
+    from vap.errors import StorageError
+
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there once closed
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {url}"):
+        resolve_snapshot("s3://vap-data/shards", "latest")
+    with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {url}"):
+        make_loader("s3://vap-data/shards/0123", "train", batch_size=1, seed=0, local_cache=tmp_path)

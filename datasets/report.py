@@ -80,8 +80,12 @@ def plot_distribution(report: dict, path: Path) -> None:
     left.set_ylim(0, 1.3 * max([report["conditions"][n]["clips"] for n in names] or [1]))  # room for the legend
     left.legend(handles=[Patch(color=color, label=f"{cat} ({report['categories'][cat]['clips']})")
                          for cat, color in colors.items()], fontsize=7, ncols=4, loc="upper center")
-    right.bar(range(len(reasons)), list(reasons.values()), color="tab:gray")
-    right.set_xticks(range(len(reasons)), list(reasons), rotation=90, fontsize=7)
+    if reasons:
+        right.bar(range(len(reasons)), list(reasons.values()), color="tab:gray")
+        right.set_xticks(range(len(reasons)), list(reasons), rotation=90, fontsize=7)
+    else:  # an empty bar chart would show a meaningless axis
+        right.text(0.5, 0.5, "none", ha="center", va="center", transform=right.transAxes)
+        right.set_axis_off()
     right.set_title(f"quarantined: {report['clips']['rejected']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

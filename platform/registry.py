@@ -44,10 +44,14 @@ def code_version() -> str:
 
 
 class Registry:
-    def __init__(self, tracking_uri: str, model_name: str, experiment: str = "vap"):
+    def __init__(self, tracking_uri: str, model_name: str, experiment: str = "vap",
+                 artifact_location: str | None = None):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.experiment = experiment
+        # Only used when this client creates the experiment against a local store; a tracking
+        # server chooses (and proxies) its own artifact store.
+        self.artifact_location = artifact_location
         self._client = None
 
     @property
@@ -86,7 +90,9 @@ class Registry:
 
     def start_run(self, job: str, params: dict, tags: dict) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        local_store = not self.tracking_uri.startswith("http")
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.experiment, artifact_location=self.artifact_location if local_store else None)
         run = self.client.create_run(exp_id, run_name=job, tags={"vap.job": job, **tags})
         self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id

@@ -73,7 +73,8 @@ def train(spec: JobSpec, resume: bool = True, progress: bool = True) -> TrainRes
     from vap.datasets.loader import resolve_snapshot
 
     storage.sync_endpoint_env()
-    registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment)
+    registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
+                        artifact_location=storage.join(spec.storage.uri, "mlflow-artifacts"))
     registry.check()
     snapshot = resolve_snapshot(spec.data.shards, spec.data.snapshot)
     storage_fs, storage_path = storage.pyarrow_fs(spec.storage.uri)

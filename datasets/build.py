@@ -3,7 +3,8 @@
 validate (ingest) → hash clip bytes → snapshot id → [done already? stop] → pair → encode each
 clip once (VAE latents, caption embeddings, Wan's CLIP embedding) → write each split in parts →
 null_text.npy, report/, index.json → LATEST. A part is skipped when its index.json exists, so an
-interrupted build resumes where it stopped; an unchanged input finds its snapshot and does nothing.
+interrupted build resumes where it stopped. An unchanged source (same files, sizes and mtimes or
+ETags, same settings) finds its snapshot from a listing alone, before any clip is read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vap.datasets import snapshot as snap
 from vap.datasets.ingest import ingest
 from vap.datasets.pairs import make_pairs
 from vap.datasets.records import Clip, IngestResult, Pair, Rejected
-from vap.errors import DataError
+from vap.errors import DataError, StorageError
 from vap.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Inputs:
 
 
 def read_inputs(spec: JobSpec, progress: bool = True) -> Inputs:
-    """Validate and hash the clips of `spec.data.source` and pair them; decode nothing twice."""
+    """Validate (ingest decodes every clip), hash and pair the clips of `spec.data.source`."""
     data = spec.data
     if not data.source:
         raise DataError("data.source is not set: point it at the raw clips (a folder or s3:// prefix "
@@ -71,15 +72,24 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     `force` rebuilds even when a complete snapshot with the same id exists.
     """
     data = spec.data
+    backbone = backbone_folder(spec.model.backbone)
+    quick = None if force else unchanged_source_key(spec, backbone)
+    if quick:
+        found = _memo_snapshot(data.shards, quick)
+        if found:
+            log.info("%s is unchanged since snapshot %s was built: nothing to do", data.source, found.id)
+            snap.write_latest(data.shards, found.id)
+            return found
+
     inputs = read_inputs(spec, progress)
     result, digests, pairs = inputs.result, inputs.digests, inputs.pairs
-    backbone = backbone_folder(spec.model.backbone)
     sid, settings = identify(spec, inputs, backbone)
     root = storage.join(data.shards, sid)
 
     if storage.exists(storage.join(root, snap.INDEX)) and not force:
         log.info("snapshot %s already built from these inputs: nothing to do", sid)
         snap.write_latest(data.shards, sid)
+        _remember(data.shards, quick, sid, data.source, result)
         return snap.Snapshot.load(root, reused=True)
     if force:
         storage.remove(root)
@@ -115,9 +125,63 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     }
     storage.write_bytes(storage.join(root, snap.INDEX), json.dumps(index, indent=1).encode())
     snap.write_latest(data.shards, sid)
+    _remember(data.shards, quick or unchanged_source_key(spec, backbone), sid, data.source, result)
     built = snap.Snapshot.load(root)
     log.info("%s", built.summary())
     return built
+
+
+def unchanged_source_key(spec: JobSpec, backbone: Path) -> str | None:
+    """A key that changes whenever any file under the manifest's folder does (name, size and
+    mtime, or S3 ETag — what make and rsync trust), or a setting: it finds the snapshot of an
+    unchanged source without decoding or hashing a clip. None when the source cannot be listed."""
+    from vap.datasets.ingest import find_manifest
+
+    try:
+        manifest = find_manifest(spec.data.source)
+        folder = manifest.rsplit("/", 1)[0]
+        listing = _listing(folder)
+    except Exception as err:  # noqa: BLE001 - only a shortcut: the full path reports the problem
+        log.debug("no quick check of %s: %s", spec.data.source, err)
+        return None
+    payload = {"schema": snap.SCHEMA, "manifest": manifest, "files": listing,
+               "settings": _settings(spec, backbone, None)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _listing(folder: str) -> list:
+    loc = storage.parse_uri(folder)
+    if loc.scheme == "file":
+        base = Path(loc.path)
+        return sorted([str(p.relative_to(base)), st.st_size, st.st_mtime_ns]
+                      for p in base.rglob("*") if p.is_file() for st in [p.stat()])
+    prefix = loc.path + "/" if loc.path else ""
+    pages = storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix)
+    return sorted([o["Key"][len(prefix):], o["Size"], o["ETag"]] for page in pages for o in page.get("Contents", []))
+
+
+def _memo_uri(shards: str, key: str) -> str:
+    return storage.join(shards, "sources", f"{key}.json")
+
+
+def _memo_snapshot(shards: str, key: str) -> snap.Snapshot | None:
+    try:
+        sid = json.loads(storage.read_bytes(_memo_uri(shards, key)))["id"]
+        return snap.Snapshot.load(storage.join(shards, sid), reused=True)
+    except (DataError, StorageError):
+        return None
+
+
+def _remember(shards: str, key: str | None, sid: str, source: str, result: IngestResult) -> None:
+    """Record which snapshot an unchanged source gives — only if every clip lives under the
+    manifest's folder (the key does not see files elsewhere)."""
+    from vap.datasets.ingest import find_manifest
+
+    if not key:
+        return
+    folder = find_manifest(source).rsplit("/", 1)[0] + "/"
+    if all(c.uri.startswith(folder) for c in result.clips):
+        storage.write_bytes(_memo_uri(shards, key), json.dumps({"id": sid, "source": source}).encode())
 
 
 def identify(spec: JobSpec, inputs: Inputs, backbone: Path) -> tuple[str, dict]:
@@ -202,14 +266,16 @@ def _fingerprint(clip: Clip, digest: str) -> dict:
             "refs": list(clip.refs)}
 
 
-def _settings(spec: JobSpec, backbone: Path, result: IngestResult) -> dict:
+def _settings(spec: JobSpec, backbone: Path, result: IngestResult | None) -> dict:
     d = spec.data
     keys = ("frames", "fps", "height", "width", "text_len", "min_alignment", "seed", "refs_per_target",
             "val_fraction", "unseen_conditions", "pairs_per_part")
-    return {"data": {k: getattr(d, k) for k in keys}, "family": spec.model.family,
-            "backbone": backbone_identity(spec.model.backbone, backbone),
-            # the report lists the rejected clips: a changed rejection is a changed snapshot
-            "rejected": sorted([r.source, r.reason] for r in result.rejected)}
+    settings = {"data": {k: getattr(d, k) for k in keys}, "family": spec.model.family,
+                "backbone": backbone_identity(spec.model.backbone, backbone)}
+    if result is not None:
+        # the report lists the rejected clips: a changed rejection is a changed snapshot
+        settings["rejected"] = sorted([r.source, r.reason] for r in result.rejected)
+    return settings
 
 
 def backbone_identity(name: str, folder: Path) -> dict:

@@ -76,15 +76,35 @@ def test_build_writes_a_complete_snapshot(built):
 
 
 def test_rebuild_with_unchanged_inputs_does_no_work(built, monkeypatch):
+    from vap.datasets import build as build_mod
+
     spec, first = built
 
-    def no_encoding(*a, **k):
-        raise AssertionError("a rebuild of unchanged inputs must not load the encoders")
+    def forbidden(*a, **k):
+        raise AssertionError("a rebuild of unchanged inputs must not validate, decode or encode clips")
 
-    monkeypatch.setattr(ClipEncoder, "from_pretrained", no_encoding)
+    monkeypatch.setattr(build_mod, "ingest", forbidden)
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", forbidden)
     again = build_snapshot(spec, progress=False)
     assert again.id == first.id and again.reused
     assert "nothing rebuilt" in again.summary()
+
+
+def test_touched_but_identical_source_is_checked_then_reused(tiny_backbones, source, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    spec = make_spec(tiny_backbones["cogvideox"], str(src), str(tmp_path / "shards"), frames=5)
+    first = build_snapshot(spec, progress=False)
+    clip = sorted((src / "videos").iterdir())[0]
+    clip.write_bytes(clip.read_bytes())  # new mtime, same bytes: validated and hashed again, not encoded
+    from vap.datasets import build as build_mod
+
+    validated = []
+    real_ingest = build_mod.ingest
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: validated.append(1) or real_ingest(*a, **k))
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", lambda *a, **k: pytest.fail("must not encode"))
+    again = build_snapshot(spec, progress=False)
+    assert again.id == first.id and again.reused and validated == [1]
 
 
 def test_snapshot_id_is_content_addressed(tiny_backbones, source, tmp_path):

@@ -148,6 +148,9 @@ class ClipEncoder:
         for m in parts.values():
             if isinstance(m, torch.nn.Module):
                 m.to(device).eval().requires_grad_(False)
+        # 49 frames at 480×720 do not fit through the VAE at once; tiles only apply above ~256 px,
+        # as in the families' fine-tuning scripts.
+        parts["vae"].enable_tiling()
         return sub(text_len=text_len, device=device, **parts)
 
     @classmethod

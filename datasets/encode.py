@@ -51,22 +51,26 @@ def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, 
     """
     wanted = sample_times(frames, fps)
     picked: list[np.ndarray] = []
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        start = prev = prev_time = None
-        frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or fps)
-        for frame in container.decode(stream):
-            t = float(frame.time if frame.time is not None else 0.0)
-            start = t if start is None else start
-            t -= start
-            while prev is not None and len(picked) < frames and wanted[len(picked)] < t - 1e-6:
-                picked.append(prev)
-            if len(picked) == frames:
-                break
-            prev, prev_time = frame.to_ndarray(format="rgb24"), t
-        # The last source frame stays on screen for one frame duration.
-        while prev is not None and len(picked) < frames and wanted[len(picked)] < prev_time + frame_dur - 1e-6:
-            picked.append(prev)
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or fps)
+            start = prev_time = None
+            prev = None  # (frame, its RGB array once converted): only picked frames are converted
+            for frame in container.decode(stream):
+                t = float(frame.time if frame.time is not None else 0.0)
+                start = t if start is None else start
+                t -= start
+                while prev is not None and len(picked) < frames and wanted[len(picked)] < t - 1e-6:
+                    picked.append(_rgb(prev))
+                if len(picked) == frames:
+                    break
+                prev, prev_time = [frame, None], t
+            # The last source frame stays on screen for one frame duration.
+            while prev is not None and len(picked) < frames and wanted[len(picked)] < prev_time + frame_dur - 1e-6:
+                picked.append(_rgb(prev))
+    except (av.FFmpegError, IndexError) as err:
+        raise DataError(f"{name}: cannot decode ({err}); re-encode it as mp4 (H.264)") from None
     if len(picked) < frames:
         have = 0.0 if prev_time is None else prev_time + frame_dur
         raise DataError(
@@ -74,6 +78,12 @@ def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, 
             "use longer clips or lower data.frames / raise data.fps"
         )
     return resize_crop(np.stack(picked), height, width)
+
+
+def _rgb(entry: list) -> np.ndarray:
+    if entry[1] is None:
+        entry[1] = entry[0].to_ndarray(format="rgb24")
+    return entry[1]
 
 
 def resize_crop(video: np.ndarray, height: int, width: int) -> np.ndarray:

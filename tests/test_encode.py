@@ -47,6 +47,11 @@ def test_too_short_clip_is_an_error_naming_it():
         read_clip(data, frames=9, fps=8, height=32, width=32, name="short.mp4")
 
 
+def test_undecodable_clip_is_an_error_naming_it():
+    with pytest.raises(DataError, match=r"^bad\.mp4: cannot decode .*re-encode it"):
+        read_clip(b"plain text, not a video", frames=5, fps=8, height=32, width=32, name="bad.mp4")
+
+
 def test_resize_covers_then_centre_crops():
     video = np.zeros((1, 40, 80, 3), np.uint8)
     video[:, :, 30:50] = 255  # a white band in the middle fifth... of a 2:1 frame

@@ -61,8 +61,7 @@ def sync_world_env() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     rank, world = dist.get_rank(), dist.get_world_size()
-    if os.environ.get("RANK") != str(rank) or os.environ.get("WORLD_SIZE") != str(world):
-        os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)  # the process group is the truth
     if "LOCAL_WORLD_SIZE" not in os.environ:
         # Ray Train and torchrun set the placement; a bare init_process_group (tests,
         # mp.spawn) is one node.

@@ -4,7 +4,6 @@ import os
 import subprocess
 
 import yaml
-
 from conftest import REPO, free_port
 
 

@@ -233,9 +233,7 @@ def _train_loop(config: dict) -> None:
     snapshot = config["snapshot"]
     cache = Path(tempfile.gettempdir()) / "vap-streaming" / spec.name
     loader = make_loader(snapshot, "train", batch_size=t.batch_size, seed=t.seed, local_cache=cache / "train")
-    eval_loader = make_loader(snapshot, "val", batch_size=t.batch_size, seed=t.seed, local_cache=cache / "val",
-                              shuffle=False)
-    eval_batch = next(iter(eval_loader))
+    eval_batch = _eval_batch(snapshot, t.batch_size, cache / "eval")
     null_text = load_null_text(snapshot)
 
     def mean(x: float) -> float:
@@ -292,6 +290,17 @@ def _train_loop(config: dict) -> None:
                 ckpt.save(engine, model, Path(d), step=step, loader_state=loader.state_dict(),
                           meta={"metrics": metrics, "snapshot": snapshot, "job": spec.name})
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+def _eval_batch(snapshot: str, batch_size: int, cache: Path) -> dict:
+    """The first `val` batch in file order — or `train`'s when the snapshot holds no val pairs."""
+    from vap.datasets.loader import make_loader
+    from vap.datasets.snapshot import INDEX
+
+    split = "val" if storage.exists(storage.join(snapshot, "val", INDEX)) else "train"
+    if split == "train":
+        log.warning("%s has no val pairs: evaluating on the first training batch", snapshot)
+    return next(iter(make_loader(snapshot, split, batch_size=batch_size, seed=0, local_cache=cache, shuffle=False)))
 
 
 class _Progress:

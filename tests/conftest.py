@@ -48,6 +48,15 @@ def _start(cmd: list[str], url: str, what: str, log: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they thrash
+    (measured 10–20× slower with two threads while other work runs)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 endpoint on a free loopback port; exports the standard endpoint variables."""

@@ -20,17 +20,6 @@ from vap.errors import DataError, StorageError
 from vap.spec import parse_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they thrash."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_spec(backbone: Path, source: str, shards: str, family: str = "cogvideox", **data):
     data = {"source": source, "shards": shards, "frames": 9, "fps": 8.0, "val_fraction": 0.0,
             "unseen_conditions": 1, "pairs_per_part": 4, **data}

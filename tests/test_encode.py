@@ -11,17 +11,6 @@ from vap.datasets.synth import encode_mp4
 from vap.errors import DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they thrash."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ramp_clip(frames: int, fps: float, h: int = 32, w: int = 32) -> bytes:
     """Frame i is a flat grey of level 10·i: the level tells which source frame was picked."""
     video = np.stack([np.full((h, w, 3), 10 * i, np.uint8) for i in range(frames)])

@@ -16,11 +16,12 @@ MODES = ("joint", "one_way")
 
 
 def attend(q_t, k_t, v_t, q_r, k_r, v_r, mode: str):
-    """Tensors are [B, heads, L, d]. `q_r` is None when the reference comes from a cache (one_way).
-    Returns (target output, reference output or None)."""
+    """Tensors are [B, heads, L, d]. `q_r` is None when the reference's output is not needed (it
+    comes from a cache, or this is the last expert block): the target's rows are the same in both
+    modes. Returns (target output, reference output or None)."""
     if k_r is None:  # no reference stream: the backbone's own attention
         return F.scaled_dot_product_attention(q_t, k_t, v_t), None
-    if mode == "joint":
+    if mode == "joint" and q_r is not None:
         n_t = q_t.shape[2]
         out = F.scaled_dot_product_attention(torch.cat([q_t, q_r], 2), torch.cat([k_t, k_r], 2),
                                              torch.cat([v_t, v_r], 2))

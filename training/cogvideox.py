@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from vap.errors import DataError, ModelError
-from vap.training.attention import attend
 from vap.training.families import Family, Stream, TrainingInputs
 from vap.training.rope import Positions, axis_tables
 
@@ -82,8 +81,7 @@ class CogVideoX(Family):
                             image_rotary_emb=s.rope)
         return s.but(video=video, text=text)
 
-    @staticmethod
-    def _qkv(block, s: Stream):
+    def qkv(self, block, s: Stream):
         from diffusers.models.embeddings import apply_rotary_emb
 
         attn = block.attn1
@@ -99,8 +97,7 @@ class CogVideoX(Family):
         k = torch.cat([k[:, :, :n], apply_rotary_emb(k[:, :, n:], s.rope)], 2)
         return q, k, v, (gate, text_gate)
 
-    @staticmethod
-    def _finish(block, s: Stream, out: torch.Tensor, gates) -> Stream:
+    def finish(self, block, s: Stream, out: torch.Tensor, gates) -> Stream:
         attn = block.attn1
         out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
         n = s.text.shape[1]
@@ -110,20 +107,6 @@ class CogVideoX(Family):
         n_video, n_text, gate_ff, text_gate_ff = block.norm2(video, text, s.temb)
         ff = block.ff(torch.cat([n_text, n_video], 1))
         return s.but(video=video + gate_ff * ff[:, n:], text=text + text_gate_ff * ff[:, :n])
-
-    def joint_block(self, block, expert_block, target, reference, mode, cached_kv=None):
-        q_t, k_t, v_t, gates_t = self._qkv(block, target)
-        if cached_kv is not None:
-            q_r, (k_r, v_r), gates_r = None, cached_kv, None
-        elif reference is not None:
-            q_r, k_r, v_r, gates_r = self._qkv(expert_block, reference)
-        else:
-            q_r = k_r = v_r = gates_r = None
-        out_t, out_r = attend(q_t, k_t, v_t, q_r, k_r, v_r, mode)
-        target = self._finish(block, target, out_t, gates_t)
-        if out_r is not None:
-            reference = self._finish(expert_block, reference, out_r, gates_r)
-        return target, reference, (k_r, v_r)
 
     def head(self, backbone, s: Stream, video_shape) -> torch.Tensor:
         b, f, _, h, w = video_shape

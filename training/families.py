@@ -104,9 +104,34 @@ class Family:
     def block(self, block, stream: Stream) -> Stream:
         raise NotImplementedError
 
-    def joint_block(self, block, expert_block, target: Stream, reference: Stream | None, mode: str,
-                    cached_kv=None) -> tuple[Stream, Stream | None, tuple]:
+    def qkv(self, block, stream: Stream):
+        """(q, k, v as [B, heads, L, d] with RoPE applied, what `finish` needs) for one stream."""
         raise NotImplementedError
+
+    def finish(self, block, stream: Stream, attn_out: torch.Tensor, saved) -> Stream:
+        """The rest of the block after attention (output projection, gates, feed-forward, …)."""
+        raise NotImplementedError
+
+    def joint_block(self, block, expert_block, target: Stream, reference: Stream | None, mode: str,
+                    cached_kv=None, reference_needed: bool = True) -> tuple[Stream, Stream | None, tuple]:
+        """One backbone block and its expert copy: each stream its own Q/K/V and everything else,
+        one attention between them (`vap.training.attention.attend`). `cached_kv` replaces the
+        reference stream; `reference_needed=False` (last expert block: nothing reads the
+        reference afterwards) skips its output. Returns (target, reference, reference (k, v))."""
+        from vap.training.attention import attend
+
+        q_t, k_t, v_t, saved_t = self.qkv(block, target)
+        q_r = k_r = v_r = saved_r = None
+        if cached_kv is not None:
+            k_r, v_r = cached_kv
+        elif reference is not None:
+            q_r, k_r, v_r, saved_r = self.qkv(expert_block, reference)
+            q_r = q_r if reference_needed else None
+        out_t, out_r = attend(q_t, k_t, v_t, q_r, k_r, v_r, mode)
+        target = self.finish(block, target, out_t, saved_t)
+        if out_r is not None:
+            reference = self.finish(expert_block, reference, out_r, saved_r)
+        return target, reference, (k_r, v_r)
 
     def head(self, backbone, stream: Stream, video_shape) -> torch.Tensor:
         raise NotImplementedError

@@ -211,6 +211,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
             self._check_cache(reference_cache, hidden_states.shape[0], reference is not None)
 
         has_reference = reference is not None or use_cache
+        last_expert = max((int(k) for k in self.expert.blocks), default=-1)
         for i, block in enumerate(fam.blocks(self.backbone)):
             key = str(i)
             if not has_reference or key not in self.expert.blocks:
@@ -218,7 +219,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
                 continue
             cached = reference_cache.kv[i] if use_cache else None
             target, reference, kv = self._run(fam.joint_block, block, self.expert.blocks[key], target, reference,
-                                              mode, cached)
+                                              mode, cached, i != last_expert)
             if reference_cache is not None and not use_cache:
                 reference_cache.kv[i] = (kv[0].detach(), kv[1].detach())
         if reference_cache is not None and not use_cache:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from vap.errors import DataError, ModelError
-from vap.training.attention import attend
 from vap.training.cogvideox import batch_tensor, check_same_grid
 from vap.training.families import Family, Stream, TrainingInputs
 from vap.training.rope import Positions, axis_tables
@@ -75,8 +74,7 @@ class Wan(Family):
     def block(self, block, s: Stream) -> Stream:
         return s.but(video=block(s.video, s.text, s.extra["proj"], s.rope))
 
-    @staticmethod
-    def _qkv(block, s: Stream):
+    def qkv(self, block, s: Stream):
         shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + s.extra["proj"].float()).chunk(6, 1)
         x = (block.norm1(s.video.float()) * (1 + scale) + shift).type_as(s.video)
         attn = block.attn1
@@ -86,8 +84,7 @@ class Wan(Family):
         q, k = _apply_rope(q, *s.rope), _apply_rope(k, *s.rope)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), (gate, c_shift, c_scale, c_gate)
 
-    @staticmethod
-    def _finish(block, s: Stream, out: torch.Tensor, mods) -> Stream:
+    def finish(self, block, s: Stream, out: torch.Tensor, mods) -> Stream:
         gate, c_shift, c_scale, c_gate = mods
         attn = block.attn1
         out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(s.video)))
@@ -96,20 +93,6 @@ class Wan(Family):
         x = (block.norm3(h.float()) * (1 + c_scale) + c_shift).type_as(h)
         h = (h.float() + block.ffn(x).float() * c_gate).type_as(h)
         return s.but(video=h)
-
-    def joint_block(self, block, expert_block, target, reference, mode, cached_kv=None):
-        q_t, k_t, v_t, mods_t = self._qkv(block, target)
-        if cached_kv is not None:
-            q_r, (k_r, v_r), mods_r = None, cached_kv, None
-        elif reference is not None:
-            q_r, k_r, v_r, mods_r = self._qkv(expert_block, reference)
-        else:
-            q_r = k_r = v_r = mods_r = None
-        out_t, out_r = attend(q_t, k_t, v_t, q_r, k_r, v_r, mode)
-        target = self._finish(block, target, out_t, mods_t)
-        if out_r is not None:
-            reference = self._finish(expert_block, reference, out_r, mods_r)
-        return target, reference, (k_r, v_r)
 
     def head(self, backbone, s: Stream, video_shape) -> torch.Tensor:
         b, _, f, h, w = video_shape

@@ -168,6 +168,10 @@ class VAPTransformer(ModelMixin, ConfigMixin):
                              "give the folder written by save_expert")
         saved = VAPExpert.load_config(directory)
         check_expert_fits(saved, self.expert.config, str(directory))
+        for key in ("reference_attention", "rope_delta"):
+            if saved.get(key, self.expert.config[key]) != self.expert.config[key]:
+                log.warning("%s: expert trained with %s=%r, used with %r", directory, key, saved.get(key),
+                            self.expert.config[key])
         state = load_file(directory / EXPERT_WEIGHTS)
         missing, unexpected = self.expert.load_state_dict(state, strict=False)
         if missing or unexpected:

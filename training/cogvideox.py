@@ -31,7 +31,6 @@ def check_same_grid(target: torch.Tensor, reference: torch.Tensor, what: str) ->
 class CogVideoX(Family):
     name = "cogvideox"
     transformer_class = "CogVideoXTransformer3DModel"
-    pipeline_class = "CogVideoXImageToVideoPipeline"
     frame_axis = 1
     channel_axis = 2
     embedder_names = ("patch_embed", "time_proj", "time_embedding")

@@ -57,7 +57,6 @@ class Family:
 
     name: str
     transformer_class: str  # diffusers class name in transformer/config.json
-    pipeline_class: str
     frame_axis: int  # the time axis of the transformer's latent input (CogVideoX 1, Wan 2)
     channel_axis: int
     embedder_names: tuple[str, ...]  # backbone modules the expert gets its own copy of

@@ -30,7 +30,6 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 class Wan(Family):
     name = "wan"
     transformer_class = "WanTransformer3DModel"
-    pipeline_class = "WanImageToVideoPipeline"
     frame_axis = 2
     channel_axis = 1
     embedder_names = ("patch_embedding", "condition_embedder")

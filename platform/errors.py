@@ -29,3 +29,11 @@ class DataError(VapError):
 
 class ModelError(VapError):
     """A backbone / expert checkpoint does not fit the requested model."""
+
+
+class TrainingError(VapError):
+    """The distributed training run failed; the message says where its logs are."""
+
+
+class KubeError(VapError):
+    """Rendering, validating or submitting Kubernetes objects failed; the message says why."""

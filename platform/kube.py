@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from vap.errors import VapError
+from vap.errors import KubeError
 from vap.spec import JobSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ DEFAULT_NAMESPACE = "vap"
 # Helm keeps release records in ConfigMaps: whoever submits jobs then needs no access to the
 # namespace's Secrets (see the platform chart's submitter Role).
 HELM_DRIVER = "configmap"
-
-
-class KubeError(VapError):
-    """Rendering, validating or submitting Kubernetes objects failed; the message says why."""
 
 
 # --- job spec → values -------------------------------------------------------------------------

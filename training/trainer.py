@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vap import storage
-from vap.errors import VapError
+from vap.errors import TrainingError
 from vap.registry import Registry, code_version
 from vap.spec import JobSpec, dump_spec
 
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 # Non-secret settings the workers need; credentials reach them through their own environment.
 WORKER_ENV = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION",
               "AWS_DEFAULT_REGION", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "VAP_CACHE")
-
-
-class TrainingError(VapError):
-    """The distributed run failed; the message says where its logs are."""
 
 
 @dataclass(frozen=True)

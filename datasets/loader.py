@@ -9,18 +9,25 @@ the job got, so `load_state_dict` continues the same epoch without repeating a s
 Every rank takes the same number of steps (collectives would hang otherwise): when a split's
 size is not a multiple of world size × batch size, Streaming repeats a few samples to even the
 ranks out, as torch's DistributedSampler does. Exactly once holds for the multiples.
+
+Reading copies each array once: cached shard files are memory-mapped, a sample's arrays are
+views of them, and the batch is the one copy (benchmarks/bench_data.py, P1).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import mmap
 import os
 import re
+import sys
 from pathlib import Path
+from time import time_ns
 
 import numpy as np
 from streaming import StreamingDataLoader, StreamingDataset
+from streaming.base.format.mds.encodings import mds_decode
 
 from vap import storage
 from vap.datasets.snapshot import INDEX, LATEST, NULL_TEXT, SPLITS
@@ -29,6 +36,11 @@ from vap.errors import DataError, StorageError
 log = logging.getLogger(__name__)
 
 HASH = "xxh64"  # checked on every shard as it is fetched (sha1 is recorded too)
+# Samples Streaming's threads prepare ahead of the one being read. They poll every 7 ms and stop
+# this far ahead; at its default (8 × batch size) the reader, at ~1 ms a paper-size sample, ran
+# dry between polls and slept through a third of a cached epoch. Shards are never evicted (no
+# cache limit), so reaching further ahead costs no disk, only fetching sooner.
+PREDOWNLOAD = 1024
 
 
 def resolve_snapshot(shards_uri: str, ref: str = "latest") -> str:
@@ -69,24 +81,37 @@ def sync_world_env() -> None:
         os.environ["LOCAL_WORLD_SIZE"], os.environ["LOCAL_RANK"] = str(world), str(rank)
 
 
+def _shard_name(path: str) -> str:
+    """cache/<snapshot>/<split>/part-NNNNN/shard…: named from the split on, as in index.json."""
+    p = Path(path)
+    return "/".join(p.parts[-3:]) if p.parent.name.startswith("part-") else p.name
+
+
 def _checksum_error(err: BaseException) -> DataError | None:
     """A DataError naming the shard if `err` (or what caused it) is Streaming's hash mismatch."""
     seen = err
     while seen is not None:
         m = re.search(r"Checksum failure: (\S+)", str(seen))
         if m:
-            path = Path(m.group(1))
-            # cache/<snapshot>/<split>/part-NNNNN/shard…: name it from the split on
-            shard = "/".join(path.parts[-3:]) if path.parent.name.startswith("part-") else path.name
-            return DataError(f"shard {shard} is corrupted (its {HASH} hash does not match index.json); "
+            return DataError(f"shard {_shard_name(m.group(1))} is corrupted (its {HASH} hash does not match index.json); "
                              "rebuild the snapshot with `vap data build --force`")
         seen = seen.__cause__ or seen.__context__
     return None
 
 
 class _Dataset(StreamingDataset):
-    """Raises the errors of Streaming's download threads: on its own, a failed download (a hash
-    mismatch) only stops the epoch early, silently."""
+    """Reads samples zero-copy and raises the errors of Streaming's download threads.
+
+    Streaming's own read copies each sample three times (file → bytes → a bytes slice per
+    column → array) before the batch copies it again. Here each cached (decompressed) shard
+    file is mapped into memory once and a sample's arrays are read-only views of it:
+    `BatchCollator` makes the one copy. Everything else is Streaming's: sample order,
+    partitioning over ranks, `state_dict`, fetching and hash checks (`prepare_shard`, which runs
+    before a shard is read).
+
+    On its own, a failed download (a hash mismatch) only stops the epoch early, silently:
+    `__iter__` raises it.
+    """
 
     vap_failure: BaseException | None = None
 
@@ -100,6 +125,61 @@ class _Dataset(StreamingDataset):
         yield from super().__iter__()
         if self.vap_failure is not None:
             raise _checksum_error(self.vap_failure) or self.vap_failure
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict:
+        if getattr(self, "_event", None) is not None and self._event.is_set():
+            raise RuntimeError("Background thread failed. Check other traceback.")  # as Streaming's
+        shard_id, index = self.spanner[sample_id]
+        for _ in range(1 + retry):
+            try:
+                mapped = self._mapped_shard(shard_id)
+                break
+            except FileNotFoundError:  # not fetched yet, or evicted (`cache_limit`): fetch, retry
+                self.prepare_shard(shard_id)
+        else:
+            return super().get_item(sample_id, retry=0)  # Streaming's error naming the file
+        self._shard_access_times[shard_id] = time_ns()  # what eviction orders shards by
+        return _decode(self.shards[shard_id], mapped, index)
+
+    def _mapped_shard(self, shard_id: int) -> memoryview:
+        """The shard's decompressed file in the local cache, mapped once (pages stay shared with
+        the page cache, so every rank of a node maps the same memory)."""
+        maps = self.__dict__.setdefault("_vap_maps", {})
+        if shard_id not in maps:
+            shard = self.shards[shard_id]
+            with open(os.path.join(shard.dirname, shard.split, shard.raw_data.basename), "rb") as f:
+                maps[shard_id] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return maps[shard_id]
+
+    def __getstate__(self) -> dict:
+        # Memory maps do not pickle (DataLoader workers under spawn): each process maps its own.
+        return {k: v for k, v in self.__dict__.items() if k != "_vap_maps"}
+
+
+def _decode(shard, data: memoryview, index: int) -> dict:
+    """Sample `index` of an MDS shard file (`MDSReader.get_sample_data` + `decode_sample`), its
+    arrays views of `data` rather than copies; other columns decoded from bytes by Streaming."""
+    begin = end = 0
+    if 4 * (3 + index) <= len(data):  # [samples][offset × (samples + 1)][sample…]
+        begin, end = (int(x) for x in np.frombuffer(data, np.uint32, count=2, offset=4 * (1 + index)))
+    sample = data[begin:end]
+    sizes, at = [], 0
+    for size in shard.column_sizes:
+        if not size:  # variable-size columns: their sizes lead the sample
+            size = int(np.frombuffer(sample, np.uint32, count=1, offset=at)[0]) if at + 4 <= len(sample) else -1
+            at += 4
+        sizes.append(size)
+    if not 0 < begin <= end <= len(data) or min(sizes) < 0 or at + sum(sizes) != len(sample):
+        # Hashes are checked when a shard is fetched; this catches a cached file damaged since.
+        path = os.path.join(shard.dirname, shard.split, shard.raw_data.basename)
+        raise DataError(f"shard {_shard_name(path)} is damaged in the local cache {path} (sample {index} "
+                        "does not fit the file); delete the file and run again: it will be fetched anew")
+    out = {}
+    for name, encoding, size in zip(shard.column_names, shard.column_encodings, sizes, strict=True):
+        value = sample[at:at + size]
+        out[name] = mds_decode(encoding, value if encoding.startswith("ndarray") else value.tobytes())
+        at += size
+    return out
 
 
 class VapLoader(StreamingDataLoader):
@@ -115,13 +195,55 @@ class VapLoader(StreamingDataLoader):
             raise
 
 
-def collate(samples: list[dict]) -> dict:
-    """Arrays stacked into tensors [B, …] (a fresh, writable copy), everything else as lists."""
-    import torch
+class BatchCollator:
+    """Stacks samples into a batch with one copy: arrays into tensors [B, …], everything else as
+    lists.
 
-    first = samples[0]
-    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) if isinstance(first[k], np.ndarray)
-            else [s[k] for s in samples] for k in first}
+    The tensors of a batch are carved from one buffer, reused once nothing holds that batch any
+    more (every tensor and view of it gone): a fresh buffer would cost a page fault per 4 KiB on
+    first touch, which made the copy 2× slower than the read itself. At most `keep` buffers are
+    pooled; a batch still held is never written to.
+    """
+
+    ALIGN = 64  # bytes: each tensor starts on a cache line
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._buffers: list[np.ndarray] = []
+
+    def __call__(self, samples: list[dict]) -> dict:
+        import torch
+
+        first = samples[0]
+        arrays = [k for k, v in first.items() if isinstance(v, np.ndarray)]
+        for k in arrays:
+            if any(s[k].shape != first[k].shape or s[k].dtype != first[k].dtype for s in samples):
+                raise ValueError(f"cannot batch {k!r}: samples differ in shape or dtype")
+        spans = [-(-first[k].nbytes * len(samples) // self.ALIGN) * self.ALIGN for k in arrays]
+        buffer, out, at = self._buffer(sum(spans)), {}, 0
+        for k, span in zip(arrays, spans, strict=True):
+            batch = buffer[at:at + first[k].nbytes * len(samples)].view(first[k].dtype)
+            batch = batch.reshape((len(samples), *first[k].shape))
+            for i, s in enumerate(samples):
+                batch[i] = s[k]
+            out[k] = torch.from_numpy(batch)
+            at += span
+        return {k: out[k] if k in out else [s[k] for s in samples] for k in first}
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        free = [i for i in range(len(self._buffers)) if sys.getrefcount(self._buffers[i]) == 2]  # the pool's only
+        for i in free:
+            if self._buffers[i].nbytes == nbytes:
+                return self._buffers[i]
+        buffer = np.empty(nbytes, np.uint8)
+        if free:  # a batch of another size (the last, shorter one): replace an idle buffer
+            self._buffers[free[0]] = buffer
+        elif len(self._buffers) < self.keep:
+            self._buffers.append(buffer)
+        return buffer
+
+
+collate = BatchCollator()  # for callers batching samples of their own (one pool for the process)
 
 
 def make_loader(snapshot_uri: str, split: str, *, batch_size: int, seed: int, local_cache: str | Path,
@@ -141,5 +263,6 @@ def make_loader(snapshot_uri: str, split: str, *, batch_size: int, seed: int, lo
         raise DataError(f"{snapshot_uri}: split {split!r} has no pairs; build with more clips or pick another split")
     local = Path(local_cache) / storage.parse_uri(snapshot_uri).path.rstrip("/").rsplit("/", 1)[-1] / split
     dataset = _Dataset(remote=remote, local=str(local), split=None, shuffle=shuffle, shuffle_seed=seed,
-                       batch_size=batch_size, validate_hash=HASH)
-    return VapLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+                       batch_size=batch_size, validate_hash=HASH,
+                       predownload=max(PREDOWNLOAD, 8 * batch_size))
+    return VapLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=BatchCollator())

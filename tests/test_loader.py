@@ -1,5 +1,6 @@
 """The streaming loader: the batch contract, deterministic order, mid-epoch resume, every sample
-exactly once across 2 ranks (two gloo processes, resumed in the middle), corrupted shards, S3."""
+exactly once across 2 ranks (two gloo processes, resumed in the middle), corrupted shards, S3;
+the zero-copy read (identical to Streaming's own decode) and the reused batch memory."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from streaming import StreamingDataset
 
 from vap import storage
 from vap.datasets.build import build_snapshot
-from vap.datasets.loader import load_null_text, make_loader, resolve_snapshot
+from vap.datasets.loader import BatchCollator, load_null_text, make_loader, resolve_snapshot
 from vap.datasets.snapshot import verify_snapshot
 from vap.datasets.synth import synthesize
 from vap.errors import DataError
@@ -141,6 +144,59 @@ def test_corrupted_shard_is_an_error_naming_it(snapshot, tmp_path):
         verify_snapshot(str(copy))
     loader = make_loader(str(copy), "train", batch_size=BATCH, seed=0, local_cache=tmp_path / "cache", shuffle=False)
     with pytest.raises(DataError, match=r"shard train/part-00001/shard\.00000\.mds\.zstd is corrupted"):
+        pair_ids(loader)
+
+
+def test_samples_read_as_streamings_own_decode(snapshot, tmp_path):
+    loader = make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path, shuffle=False)
+    pair_ids(loader)  # fetches every shard into the cache
+    dataset = loader.dataset
+    for i in range(dataset.num_samples):
+        ours, streamings = dataset.get_item(i), StreamingDataset.get_item(dataset, i)
+        assert ours.keys() == streamings.keys()
+        for key, value in streamings.items():
+            if isinstance(value, np.ndarray):
+                assert ours[key].dtype == value.dtype and np.array_equal(ours[key], value), key
+                assert not ours[key].flags.writeable  # a view of the mapped shard file, not a copy
+            else:
+                assert ours[key] == value
+
+
+def test_batches_are_writable_copies_never_overwritten_while_held(snapshot, tmp_path):
+    loader = make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path)
+    held = list(loader)  # every batch kept: none may share memory with a later one
+    expected = {s["pair_id"]: s for s in (StreamingDataset.get_item(loader.dataset, i) for i in range(12))}
+    for batch in held:
+        for row, pid in enumerate(batch["pair_id"]):
+            for role in ("target", "reference"):
+                assert np.array_equal(batch[f"{role}_latent"][row].numpy(), expected[pid][f"{role}_latent"])
+    held[0]["target_latent"].add_(1)  # writable; the shards are not: a new epoch reads them unchanged
+    first = pair_ids(loader, limit=1)[0]
+    again = next(b for b in loader if first in b["pair_id"])
+    row = again["pair_id"].index(first)
+    assert np.array_equal(again["target_latent"][row].numpy(), expected[first]["target_latent"])
+
+    # Released batches give their memory to later ones: two buffers alternate (the batch being
+    # built and the one the loop still holds), not one fresh allocation per batch.
+    addresses = {batch["target_latent"].data_ptr() for _ in range(2) for batch in loader}
+    assert len(addresses) <= 2
+
+
+def test_collator_refuses_samples_of_different_shapes():
+    a = {"pair_id": "a", "x": np.zeros((2, 3), np.float16)}
+    b = {"pair_id": "b", "x": np.zeros((1, 3), np.float16)}  # would broadcast into a [2, 3] row
+    with pytest.raises(ValueError, match="cannot batch 'x'"):
+        BatchCollator()([a, b])
+    batch = BatchCollator()([a, {**b, "x": np.ones((2, 3), np.float16)}])
+    assert batch["pair_id"] == ["a", "b"] and batch["x"].shape == (2, 2, 3) and batch["x"][1].sum() == 6
+
+
+def test_damaged_cached_shard_is_an_error_naming_it(snapshot, tmp_path):
+    pair_ids(make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path))
+    cached = next(tmp_path.rglob("part-00001/shard.00000.mds"))
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])  # e.g. a full disk, a crash
+    loader = make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path)
+    with pytest.raises(DataError, match=r"shard train/part-00001/shard\.00000\.mds is damaged in the local cache"):
         pair_ids(loader)
 
 

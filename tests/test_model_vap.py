@@ -206,6 +206,8 @@ def test_a_backbone_of_the_wrong_family_is_refused(tiny_backbones):
         VAPTransformer.from_backbone(str(tiny_backbones["wan"]), "cogvideox")
     with pytest.raises(ModelError, match="out of range"):
         VAPTransformer.from_backbone(str(tiny_backbones["wan"]), "wan", blocks=[0, 7])
+    with pytest.raises(ModelError, match="'no-such-org/no-such-model' is not a local folder"):
+        VAPTransformer.from_backbone("no-such-org/no-such-model", "wan")  # offline in tests: unreachable
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -153,8 +153,9 @@ class CogVideoX(Family):
     def objective(self, backbone: str):
         from diffusers import CogVideoXDDIMScheduler
 
-        from vap.training.families import resolve_backbone
+        from vap.training.families import MODEL_FILES, resolve_backbone
         from vap.training.objectives import VPredictionObjective
 
-        scheduler = CogVideoXDDIMScheduler.from_pretrained(resolve_backbone(backbone), subfolder="scheduler")
+        local = resolve_backbone(backbone, MODEL_FILES)
+        scheduler = CogVideoXDDIMScheduler.from_pretrained(local, subfolder="scheduler")
         return VPredictionObjective(self, scheduler)

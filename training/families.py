@@ -43,13 +43,26 @@ class TrainingInputs:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # family-specific forward kwargs
 
 
-def resolve_backbone(backbone: str) -> str:
-    """A local folder for file:// and s3:// URIs (downloaded once); a path or hub id unchanged."""
-    if "://" in backbone:
+def resolve_backbone(backbone: str, patterns: list[str] | None = None) -> str:
+    """A local folder of a backbone: a path, a file:// or s3:// URI (downloaded once), or a hub
+    id (a snapshot of the files matching `patterns`, default all, in the Hugging Face cache)."""
+    from pathlib import Path
+
+    if "://" in backbone or Path(backbone).expanduser().exists():
         from vap.storage import materialize
 
         return str(materialize(backbone))
-    return backbone
+    from huggingface_hub import snapshot_download
+
+    try:
+        wanted = None if patterns is None else ["model_index.json", *patterns]
+        return snapshot_download(backbone, allow_patterns=wanted)
+    except Exception as err:  # offline, unknown repo, bad id: all mean "cannot use this backbone here"
+        raise ModelError(f"backbone {backbone!r} is not a local folder, a file:// or s3:// URI, or a reachable hub "
+                         f"repo ({type(err).__name__}); check the name, or download it and give its path") from None
+
+
+MODEL_FILES = ["transformer/*", "scheduler/*"]  # what the VAP transformer and the objectives read
 
 
 class Family:

@@ -70,18 +70,12 @@ def model_info(source: str, family: str | None = None, blocks="default") -> Mode
         return count(c["family"], c["transformer"], blocks, name=source, backbone=c["backbone"])
     from vap.training.families import family_of_transformer, resolve_backbone
 
-    local = resolve_backbone(source)
-    path = Path(local) / "transformer" / "config.json"
-    if path.exists():
-        config = json.loads(path.read_text())
-    else:  # a hub id
-        from huggingface_hub import hf_hub_download
-
-        try:
-            config = json.loads(Path(hf_hub_download(local, "transformer/config.json")).read_text())
-        except Exception as err:  # offline, unknown repo, no such file: all mean "not usable here"
-            raise ModelError(f"{source}: neither a shipped config ({', '.join(configs)}) nor a backbone with "
-                             f"transformer/config.json ({err})") from None
+    local = Path(resolve_backbone(source, ["transformer/config.json"]))
+    path = local / "transformer" / "config.json"
+    if not path.exists():
+        raise ModelError(f"{source}: neither a shipped config ({', '.join(configs)}) nor a backbone with "
+                         "transformer/config.json")
+    config = json.loads(path.read_text())
     fam = family_of_transformer(config.get("_class_name", ""))
     if fam is None:
         raise ModelError(f"{source}: transformer is a {config.get('_class_name')}, not a CogVideoX or Wan one")

@@ -25,7 +25,7 @@ from torch import nn
 
 from vap.errors import ModelError
 from vap.training.attention import MODES, ReferenceCache
-from vap.training.families import Family, get_family, resolve_backbone
+from vap.training.families import MODEL_FILES, Family, get_family, resolve_backbone
 from vap.training.rope import reference_positions
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
     def from_backbone(cls, backbone: str, family: str, blocks="default", reference_attention: str = "joint",
                       rope_delta: float | None = None, torch_dtype: torch.dtype = torch.float32) -> VAPTransformer:
         fam = get_family(family)
-        source = resolve_backbone(backbone)
+        source = resolve_backbone(backbone, MODEL_FILES)
         check_backbone_family(source, fam)
         model = fam.transformer_cls().from_pretrained(source, subfolder="transformer", torch_dtype=torch_dtype)
         chosen = resolve_blocks(blocks, fam, fam.num_layers(model.config))

@@ -144,8 +144,9 @@ class Wan(Family):
     def objective(self, backbone: str):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from vap.training.families import resolve_backbone
+        from vap.training.families import MODEL_FILES, resolve_backbone
         from vap.training.objectives import FlowMatchingObjective
 
-        config = FlowMatchEulerDiscreteScheduler.load_config(resolve_backbone(backbone), subfolder="scheduler")
+        local = resolve_backbone(backbone, MODEL_FILES)
+        config = FlowMatchEulerDiscreteScheduler.load_config(local, subfolder="scheduler")
         return FlowMatchingObjective(self, config)

@@ -125,3 +125,14 @@ def test_without_expert_blocks_generation_is_the_backbones(tiny_backbones, famil
                          num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                          output_type="latent").latents
     torch.testing.assert_close(with_reference, backbone_only, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_transformer_agrees_with_float32(tiny_backbones, family):
+    """GPUs run the transformer in bfloat16 (Wan keeps some modules in float32): same result,
+    to bfloat16's precision."""
+    full = run(pipeline(tiny_backbones, family, reference_attention="one_way"), num_inference_steps=2).latents
+    half = run(pipeline(tiny_backbones, family, reference_attention="one_way", torch_dtype=torch.bfloat16),
+               num_inference_steps=2).latents
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert (half - full).abs().mean() < 0.05 * full.abs().mean()

@@ -149,6 +149,11 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         return cls(fam.name, plain_config(model.config), chosen, reference_attention, rope_delta, backbone,
                    backbone=model)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        # the backbone's compute dtype (diffusers skips its float32-kept modules, e.g. Wan's norms)
+        return self.backbone.dtype
+
     # --- the expert alone --------------------------------------------------------------------
     def expert_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.expert.parameters() if p.requires_grad)

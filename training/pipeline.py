@@ -67,14 +67,17 @@ class VAPPipeline:
     @classmethod
     def from_backbone(cls, backbone: str, family: str, expert: str | Path | None = None, blocks="default",
                       reference_attention: str = "joint", rope_delta: float | None = None,
-                      device: str | None = None) -> VAPPipeline:
+                      device: str | None = None, torch_dtype: torch.dtype | None = None) -> VAPPipeline:
+        """torch_dtype of the transformer: default bfloat16 on a GPU, float32 on the CPU."""
         from vap.datasets.encode import ClipEncoder, load_component
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = torch_dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         if expert is not None:
             blocks = VAPExpert.load_config(expert)["block_ids"]
         transformer = VAPTransformer.from_backbone(backbone, family, blocks=blocks,
-                                                   reference_attention=reference_attention, rope_delta=rope_delta)
+                                                   reference_attention=reference_attention, rope_delta=rope_delta,
+                                                   torch_dtype=torch_dtype)
         if expert is not None:
             transformer.load_expert(expert)
         local = resolve_backbone(backbone)

@@ -104,3 +104,26 @@ def test_rerun_is_idempotent(trained):
     spec, result = trained
     again = train(spec)
     assert (again.version, again.checkpoint_uri) == (result.version, result.checkpoint_uri)
+
+
+def test_trainer_trains_wan_chosen_by_the_spec(ray_cluster, tiny_backbones, tmp_path):
+    """The same trainer, Wan family: chosen by `model.family` alone (local store, sqlite MLflow)."""
+    from vap.datasets.build import build_snapshot
+    from vap.datasets.synth import synthesize
+    from vap.training.trainer import train
+
+    spec = parse_spec({
+        "name": "e2e-wan",
+        "model": {"family": "wan", "backbone": str(tiny_backbones["wan"]), "expert": {"blocks": "default"}},
+        "data": {"source": str(tmp_path / "raw"), "shards": str(tmp_path / "shards"), "frames": 9, "fps": 8,
+                 "height": 32, "width": 32},
+        "trainer": {"workers": 2, "steps": 2, "checkpoint_every": 2, "lr": 1e-3},
+        "storage": {"uri": str(tmp_path / "runs")},
+        "registry": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "model_name": "e2e-wan"},
+    })
+    synthesize(spec.data.source, conditions_per_category=1, clips_per_condition=3, frames=17, fps=8, size=32)
+    build_snapshot(spec, progress=False)
+    result = train(spec, progress=False)
+    assert result.metrics["step"] == 2 and result.metrics["frozen_unchanged"] is True
+    config = storage.read_bytes(storage.join(result.checkpoint_uri, "expert", "config.json")).decode()
+    assert '"family": "wan"' in config

@@ -152,7 +152,8 @@ def _register(registry: Registry, spec: JobSpec, run_id: str, snapshot: str, ckp
 def _result_of(run, spec: JobSpec) -> TrainResult:
     tags = run.data.tags
     return TrainResult(run.info.run_id, spec.registry.model_name, tags["vap.version"],
-                       tags.get("vap.checkpoint_uri", ""), dict(run.data.metrics))
+                       tags.get("vap.checkpoint_uri", ""),
+                       {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")})
 
 
 def _final_metrics(metrics: dict):

@@ -22,6 +22,7 @@ import mmap
 import os
 import re
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from time import time_ns
 
@@ -41,6 +42,9 @@ HASH = "xxh64"  # checked on every shard as it is fetched (sha1 is recorded too)
 # dry between polls and slept through a third of a cached epoch. Shards are never evicted (no
 # cache limit), so reaching further ahead costs no disk, only fetching sooner.
 PREDOWNLOAD = 1024
+# Shard files a process keeps mapped (least recently read dropped first): at 64 MiB shards,
+# 512 GiB of address space, well under Linux's default limit of 65530 mappings a process.
+MAPPED_SHARDS = 8192
 
 
 def resolve_snapshot(shards_uri: str, ref: str = "latest") -> str:
@@ -152,13 +156,18 @@ class _Dataset(StreamingDataset):
         super().prepare_shard(shard_id, blocking)
 
     def _mapped_shard(self, shard_id: int) -> memoryview:
-        """The shard's decompressed file in the local cache, mapped once (pages stay shared with
-        the page cache, so every rank of a node maps the same memory)."""
-        maps = self.__dict__.setdefault("_vap_maps", {})
-        if shard_id not in maps:
+        """The shard's decompressed file in the local cache, mapped (pages shared with the page
+        cache, so every rank of a node reads the same memory). A dropped mapping is unmapped
+        once the last array viewing it is gone."""
+        maps = self.__dict__.setdefault("_vap_maps", OrderedDict())
+        if shard_id in maps:
+            maps.move_to_end(shard_id)
+        else:
             shard = self.shards[shard_id]
             with open(os.path.join(shard.dirname, shard.split, shard.raw_data.basename), "rb") as f:
                 maps[shard_id] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            while len(maps) > MAPPED_SHARDS:
+                maps.popitem(last=False)
         return maps[shard_id]
 
     def __getstate__(self) -> dict:

@@ -18,6 +18,7 @@ import torch
 from streaming import StreamingDataset
 
 from vap import storage
+from vap.datasets import loader as loader_module
 from vap.datasets.build import build_snapshot
 from vap.datasets.loader import BatchCollator, load_null_text, make_loader, resolve_snapshot
 from vap.datasets.snapshot import verify_snapshot
@@ -147,11 +148,13 @@ def test_corrupted_shard_is_an_error_naming_it(snapshot, tmp_path):
         pair_ids(loader)
 
 
-def test_samples_read_as_streamings_own_decode(snapshot, tmp_path):
+@pytest.mark.parametrize("mapped_shards", [8192, 1])  # 1: every shard change drops and maps again
+def test_samples_read_as_streamings_own_decode(snapshot, tmp_path, monkeypatch, mapped_shards):
+    monkeypatch.setattr(loader_module, "MAPPED_SHARDS", mapped_shards)
     loader = make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path, shuffle=False)
     pair_ids(loader)  # fetches every shard into the cache
     dataset = loader.dataset
-    for i in range(dataset.num_samples):
+    for i in [*range(dataset.num_samples), 0]:
         ours, streamings = dataset.get_item(i), StreamingDataset.get_item(dataset, i)
         assert ours.keys() == streamings.keys()
         for key, value in streamings.items():
@@ -160,6 +163,7 @@ def test_samples_read_as_streamings_own_decode(snapshot, tmp_path):
                 assert not ours[key].flags.writeable  # a view of the mapped shard file, not a copy
             else:
                 assert ours[key] == value
+    assert len(dataset._vap_maps) == min(mapped_shards, 3)
 
 
 def test_batches_are_writable_copies_never_overwritten_while_held(snapshot, tmp_path):

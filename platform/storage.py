@@ -53,10 +53,6 @@ def parse_uri(uri: str) -> Location:
     raise StorageError(f"{uri}: unsupported scheme '{parsed.scheme}://'; use a path, file:// or s3://")
 
 
-def check_uri(uri: str) -> None:
-    parse_uri(uri)
-
-
 def join(uri: str, *parts: str) -> str:
     loc = parse_uri(uri)
     tail = "/".join(p.strip("/") for p in parts if p)

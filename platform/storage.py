@@ -18,8 +18,6 @@ from urllib.parse import urlparse
 
 from vap.errors import StorageError
 
-SCHEMES = ("file", "s3")
-
 
 @dataclass(frozen=True)
 class Location:

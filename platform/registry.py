@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,15 @@ class Registry:
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
-    def log_artifact(self, run_id: str, local_file: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(local_file), artifact_path)
+    def log_metrics(self, run_id: str, step: int, **values: float) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def set_tags(self, run_id: str, **tags: str) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)

@@ -137,14 +137,13 @@ def _register(registry: Registry, spec: JobSpec, run_id: str, snapshot: str, ckp
         report = storage.join(snapshot, "report")
         if storage.exists(report):
             registry.log_artifacts(run_id, storage.materialize(report, tmp / "report"), "dataset")
-    registry.client.log_batch(run_id, metrics=_final_metrics(metrics))
+    registry.log_metrics(run_id, 0, **{f"final_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
     tags = {"run_id": run_id, "checkpoint_uri": ckpt_uri, "data_snapshot": snapshot,
             "backbone": spec.model.backbone, "family": spec.model.family, "code_version": code_version(),
             "job": spec.name, **{f"metric.{k}": v for k, v in metrics.items()}}
     version = registry.register(run_id, storage.join(ckpt_uri, "expert"), tags,
                                 description=f"VAP expert for {spec.model.backbone}, job {spec.name}")
-    registry.client.set_tag(run_id, "vap.version", version)
-    registry.client.set_tag(run_id, "vap.checkpoint_uri", ckpt_uri)
+    registry.set_tags(run_id, **{"vap.version": version, "vap.checkpoint_uri": ckpt_uri})
     registry.finish_run(run_id)
     return version
 
@@ -154,13 +153,6 @@ def _result_of(run, spec: JobSpec) -> TrainResult:
     return TrainResult(run.info.run_id, spec.registry.model_name, tags["vap.version"],
                        tags.get("vap.checkpoint_uri", ""),
                        {k.removeprefix("final_"): v for k, v in run.data.metrics.items() if k.startswith("final_")})
-
-
-def _final_metrics(metrics: dict):
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(f"final_{k}", float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -252,11 +244,13 @@ def _train_loop(config: dict) -> None:
             step, loader_state = ckpt.restore(engine, Path(d))
         if loader_state:
             loader.load_state_dict(loader_state)
-    tracker = _Tracker(spec.registry.tracking_uri, config["run_id"]) if rank == 0 else None
+    # rank 0 streams step metrics to the run the driver opened (live curves, the driver's progress bar)
+    tracker = Registry(spec.registry.tracking_uri, spec.registry.model_name) if rank == 0 else None
+    run_id = config["run_id"]
     if step == 0:
         eval_loss = evaluate()
         if tracker:
-            tracker.log(0, eval_loss=eval_loss)
+            tracker.log_metrics(run_id, 0, eval_loss=eval_loss)
 
     batches = iter(loader)
     last = time.monotonic()
@@ -274,15 +268,15 @@ def _train_loop(config: dict) -> None:
         loss_mean = mean(loss.item())
         now = time.monotonic()
         if tracker:
-            tracker.log(step, loss=loss_mean, lr=scheduler.get_last_lr()[0],
-                        pairs_per_s=t.batch_size * world / max(now - last, 1e-9))
+            tracker.log_metrics(run_id, step, loss=loss_mean, lr=scheduler.get_last_lr()[0],
+                                    pairs_per_s=t.batch_size * world / max(now - last, 1e-9))
         last = now
         if step % t.checkpoint_every == 0 or step == t.steps:
             eval_loss = evaluate()
             unchanged = mean(float(ckpt.partition_fingerprint(frozen) == frozen_before)) == 1.0
             metrics = {"step": step, "loss": loss_mean, "eval_loss": eval_loss, "frozen_unchanged": unchanged}
             if tracker:
-                tracker.log(step, eval_loss=eval_loss)
+                tracker.log_metrics(run_id, step, eval_loss=eval_loss)
             with tempfile.TemporaryDirectory() as d:
                 ckpt.save(engine, model, Path(d), step=step, loader_state=loader.state_dict(),
                           meta={"metrics": metrics, "snapshot": snapshot, "job": spec.name})
@@ -343,18 +337,3 @@ class _Progress:
                 if stopping:
                     return
 
-
-class _Tracker:
-    """Rank 0 streams step metrics to the MLflow run the driver opened (live curves in the UI)."""
-
-    def __init__(self, tracking_uri: str, run_id: str):
-        import mlflow
-
-        self.client = mlflow.MlflowClient(tracking_uri)
-        self.run_id = run_id
-
-    def log(self, step: int, **values: float) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])

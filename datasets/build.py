@@ -2,8 +2,8 @@
 
 validate (ingest) → hash clip bytes → snapshot id → [done already? stop] → pair → encode each
 clip once (VAE latents, caption embeddings, Wan's CLIP embedding) → write each split in parts →
-null_text.npy, report/, index.json → LATEST. A part is skipped when its index.json exists, so an
-interrupted build resumes where it stopped. An unchanged source (same files, sizes and mtimes or
+null_text.npy, report/, index.json → LATEST. A part is skipped when its marker says it holds all
+its pairs, so an interrupted build resumes where it stopped and loses nothing. An unchanged source (same files, sizes and mtimes or
 ETags, same settings) finds its snapshot from a listing alone, before any clip is read.
 """
 
@@ -83,6 +83,8 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
 
     inputs = read_inputs(spec, progress)
     result, digests, pairs = inputs.result, inputs.digests, inputs.pairs
+    if not pairs["train"]:
+        raise DataError(no_train_pairs(data.source, len(result.clips), data.unseen_conditions, data.val_fraction))
     sid, settings = identify(spec, inputs, backbone)
     root = storage.join(data.shards, sid)
 
@@ -129,6 +131,13 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     built = snap.Snapshot.load(root)
     log.info("%s", built.summary())
     return built
+
+
+def no_train_pairs(source: str, clips: int, unseen: int, val_fraction: float) -> str:
+    """Why a source gives no training pair, and the fix (also the trainer's preflight message)."""
+    return (f"{source}: no training pairs from {clips} usable clips (a pair needs two training clips of one "
+            f"condition; unseen_conditions={unseen}, val_fraction={val_fraction} and rows whose split is "
+            "val/test are held out); add clips, or lower data.unseen_conditions / data.val_fraction")
 
 
 def unchanged_source_key(spec: JobSpec, backbone: Path) -> str | None:
@@ -197,10 +206,13 @@ def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, 
     n_parts = (len(pairs) + per_part - 1) // per_part
     for i in range(n_parts):
         chunk = pairs[i * per_part:(i + 1) * per_part]
-        if snap.part_done(split_uri, i):
+        if snap.part_done(split_uri, i, len(chunk)):
             log.info("%s/%s already written: skipped", split_uri, snap.part_name(i))
         else:
-            snap.write_part(split_uri, i, (_sample(p, cache) for p in chunk), cols)
+            written = snap.write_part(split_uri, i, (_sample(p, cache) for p in chunk), cols)
+            if written != len(chunk):  # write_part marks what it wrote; the chunk is what it must hold
+                raise DataError(f"{split_uri}/{snap.part_name(i)}: wrote {written} of {len(chunk)} pairs; "
+                                "re-run the build to rewrite the part")
         advance(len(chunk))
     return snap.merge_parts(split_uri, n_parts)
 

@@ -4,7 +4,7 @@ Layout under the spec's `data.shards` URI (a path or s3:// prefix):
 
     <shards>/<snapshot_id>/
         train/ val/ unseen/      one MDS dataset per split (zstd, sha1 + xxh64 hashes)
-            part-00000/ …        written by one MDSWriter each; a part with its index.json is done
+            part-00000/ …        written by one MDSWriter each; done once its vap-part.json exists
             index.json           the split's merged index (what StreamingDataset reads)
         null_text.npy            embedding of the empty caption (caption dropout)
         report/                  the dataset report (report.json, quarantine.csv, distribution.png)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SCHEMA = 1  # bump when the shard columns or their meaning change: it changes every id
 SPLITS = ("train", "val", "unseen")
 INDEX = "index.json"
+PART_DONE = "vap-part.json"  # a part's commit marker: written after its writer closed cleanly
 LATEST = "LATEST"
 NULL_TEXT = "null_text.npy"
 REPORT = "report"
@@ -62,13 +63,26 @@ def part_name(i: int) -> str:
     return f"part-{i:05d}"
 
 
-def part_done(split_uri: str, i: int) -> bool:
-    return storage.exists(storage.join(split_uri, part_name(i), INDEX))
+def part_done(split_uri: str, i: int, expected: int) -> bool:
+    """A part counts as done only when its marker says it holds all `expected` pairs.
+
+    MDSWriter writes index.json on *any* exit, also when interrupted mid-part (Ctrl-C), so the
+    index alone would pass off a short part as finished; the marker comes after a clean close.
+    """
+    try:
+        marker = json.loads(storage.read_bytes(storage.join(split_uri, part_name(i), PART_DONE)))
+    except (StorageError, ValueError):
+        return False
+    return marker.get("samples") == expected
 
 
 def write_part(split_uri: str, i: int, samples: Iterable[dict], cols: dict[str, str],
                compression: str | None = "zstd") -> int:
-    """Write one part with MDSWriter (uploading as it writes for s3://); its index.json comes last."""
+    """Write one part with MDSWriter (uploading as it writes for s3://), then its marker.
+
+    Returns the number of samples written; an exception (or Ctrl-C) leaves no marker, and the
+    next attempt replaces whatever the interrupted one left.
+    """
     from streaming import MDSWriter
 
     uri = storage.join(split_uri, part_name(i))
@@ -77,11 +91,19 @@ def write_part(split_uri: str, i: int, samples: Iterable[dict], cols: dict[str, 
     n = 0
     with tempfile.TemporaryDirectory(prefix="vap-mds-") as tmp:
         out = loc.path if loc.scheme == "file" else (str(Path(tmp, "part")), uri)
-        with MDSWriter(out=out, columns=cols, compression=compression, hashes=HASHES, size_limit=SHARD_BYTES,
-                       exist_ok=True) as writer:
-            for sample in samples:
-                writer.write(sample)
-                n += 1
+        try:
+            with MDSWriter(out=out, columns=cols, compression=compression, hashes=HASHES, size_limit=SHARD_BYTES,
+                           exist_ok=True) as writer:
+                for sample in samples:
+                    writer.write(sample)
+                    n += 1
+        except Exception as err:  # Streaming's upload threads only say "one of the threads failed"
+            if loc.scheme != "s3":
+                raise
+            storage.list_files(uri, limit=1)  # names an unreachable endpoint or a missing bucket
+            raise StorageError(f"{uri}: uploading the part failed ({err}); check the S3 endpoint and "
+                               "re-run the build: it resumes at this part") from err
+    storage.write_bytes(storage.join(uri, PART_DONE), json.dumps({"samples": n}).encode())
     return n
 
 
@@ -89,7 +111,12 @@ def merge_parts(split_uri: str, parts: int) -> list[dict]:
     """Write the split's index.json from its parts' (shard paths made relative to the split)."""
     shards = []
     for i in range(parts):
-        index = json.loads(storage.read_bytes(storage.join(split_uri, part_name(i), INDEX)))
+        part = storage.join(split_uri, part_name(i))
+        index = json.loads(storage.read_bytes(storage.join(part, INDEX)))
+        marker = json.loads(storage.read_bytes(storage.join(part, PART_DONE)))
+        if sum(s["samples"] for s in index["shards"]) != marker["samples"]:
+            raise DataError(f"{part}: its shards hold {sum(s['samples'] for s in index['shards'])} pairs, its "
+                            f"{PART_DONE} {marker['samples']}; rebuild with `vap data build --force`")
         for shard in index["shards"]:
             for key in ("raw_data", "zip_data"):
                 if shard.get(key):
@@ -156,21 +183,34 @@ def list_snapshots(shards_uri: str) -> list[Snapshot]:
 
 
 def verify_snapshot(uri: str, progress: bool = False) -> int:
-    """Re-hash every stored shard file against the index; DataError naming the first bad one.
-    Returns the number of shard files checked."""
+    """Check a snapshot against its index.json: each split holds the pairs it counts, the split
+    index Streaming reads lists the recorded shards, and every shard file re-hashes to its sha1
+    and xxh64. DataError naming the first problem; returns the number of shard files checked."""
     from rich.progress import track
     from streaming.base.hashing import get_hash
 
     index = Snapshot.load(uri).index
+    fix = "rebuild with `vap data build --force`"
+    for split, shard_list in index["shards"].items():
+        held, counted = sum(f["samples"] for f in shard_list), index["counts"][split]["pairs"]
+        if held != counted:
+            raise DataError(f"{uri}: {split} shards hold {held} pairs but index.json counts {counted}; {fix}")
+        if not shard_list:
+            continue
+        try:
+            listed = json.loads(storage.read_bytes(storage.join(uri, split, INDEX)))["shards"]
+        except (StorageError, ValueError, KeyError):
+            raise DataError(f"{uri}: {split}/{INDEX} is missing or unreadable; {fix}") from None
+        if shard_hashes(listed) != shard_list:
+            raise DataError(f"{uri}: {split}/{INDEX} does not list the shards index.json records; {fix}")
     files = [(split, f) for split, shard_list in index["shards"].items() for f in shard_list]
     for split, f in track(files, "verifying shards", disable=not progress, transient=True):
         name = f"{split}/{f['file']}"
         try:
             data = storage.read_bytes(storage.join(uri, name))
         except StorageError:
-            raise DataError(f"{uri}: shard {name} is missing; rebuild with `vap data build --force`") from None
+            raise DataError(f"{uri}: shard {name} is missing; {fix}") from None
         for algo in HASHES:
             if get_hash(algo, data) != f[algo]:
-                raise DataError(f"{uri}: shard {name} is corrupted ({algo} does not match index.json); "
-                                "rebuild with `vap data build --force`")
+                raise DataError(f"{uri}: shard {name} is corrupted ({algo} does not match index.json); {fix}")
     return len(files)

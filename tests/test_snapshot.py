@@ -43,7 +43,7 @@ def write_snapshot(root: Path, parts: list[int]) -> None:
         snap.write_part(split, i, samples(n, start), snap.columns(False))
         start += n
     shards = snap.merge_parts(split, len(parts))
-    index = {"id": root.name, "counts": {}, "shards": {"train": snap.shard_hashes(shards)}}
+    index = {"id": root.name, "counts": {"train": {"pairs": sum(parts)}}, "shards": {"train": snap.shard_hashes(shards)}}
     (root / "index.json").write_text(json.dumps(index))
 
 
@@ -66,9 +66,9 @@ def test_a_part_is_done_only_with_its_index_and_leftovers_are_replaced(tmp_path)
     leftover = tmp_path / "train" / "part-00000" / "shard.00000.mds.zstd"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a shard from a killed build")
-    assert not snap.part_done(split, 0)
+    assert not snap.part_done(split, 0, 2)
     assert snap.write_part(split, 0, samples(2), snap.columns(False)) == 2
-    assert snap.part_done(split, 0)
+    assert snap.part_done(split, 0, 2) and not snap.part_done(split, 0, 3)
     assert leftover.read_bytes() != b"half a shard from a killed build"
 
 

@@ -1,0 +1,116 @@
+"""Faults of `vap data build` and `vap data verify`: Ctrl-C mid-part then a re-run loses no pair,
+verify counts pairs against the index, a source without training pairs is refused before work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from test_build import make_spec
+
+from vap.datasets import build as build_mod
+from vap.datasets import snapshot as snap
+from vap.datasets.build import build_snapshot
+from vap.datasets.synth import synthesize
+from vap.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """4 conditions × 4 clips: 12 train pairs in 3 parts of 4, 4 unseen pairs."""
+    out = tmp_path_factory.mktemp("src")
+    synthesize(str(out), conditions_per_category=1, clips_per_condition=4, frames=9, fps=8.0, size=32, progress=False)
+    return out
+
+
+def stored_pairs(snapshot_uri: str, split: str) -> list[str]:
+    """The pair ids a split's shards really hold, read with Streaming itself."""
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    ds = StreamingDataset(local=str(Path(snapshot_uri) / split), remote=None, shuffle=False, batch_size=1)
+    return sorted(ds[i]["pair_id"] for i in range(len(ds)))
+
+
+def test_ctrl_c_mid_part_then_rerun_loses_no_pair(tiny_backbones, source, tmp_path, monkeypatch):
+    spec = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"), frames=5)
+    clean = build_snapshot(make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "clean"), frames=5),
+                           progress=False)
+    real_sample, calls = build_mod._sample, []
+
+    def ctrl_c_in_second_part(pair, cache):
+        calls.append(pair.id)
+        if len(calls) == 6:  # the 2nd of part-00001's 4 pairs: SIGINT, as a terminal's Ctrl-C sends
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_sample(pair, cache)
+
+    monkeypatch.setattr(build_mod, "_sample", ctrl_c_in_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        build_snapshot(spec, progress=False)
+    monkeypatch.setattr(build_mod, "_sample", real_sample)
+
+    again = build_snapshot(spec, progress=False)
+    assert again.id == clean.id
+    assert stored_pairs(again.uri, "train") == stored_pairs(clean.uri, "train")
+    assert len(stored_pairs(again.uri, "train")) == again.counts["train"]["pairs"] == 12
+    assert snap.verify_snapshot(again.uri) == snap.verify_snapshot(clean.uri)
+
+
+def _short_snapshot(root: Path) -> None:
+    """A snapshot as the interrupted build left it: a part of 1 pair where 2 were due, its
+    index.json counting 4 pairs but recording the short part's shards (what merge gave it)."""
+    from test_snapshot import samples
+
+    split = str(root / "train")
+    snap.write_part(split, 0, samples(2), snap.columns(False))
+    snap.write_part(split, 1, samples(1, start=2), snap.columns(False))
+    shards = snap.merge_parts(split, 2)
+    (root / "index.json").write_text(json.dumps({"id": root.name, "counts": {"train": {"pairs": 4}},
+                                                 "shards": {"train": snap.shard_hashes(shards)}}))
+
+
+def test_verify_catches_a_short_part(tmp_path):
+    _short_snapshot(tmp_path / "abc")
+    with pytest.raises(DataError, match=r"train shards hold 3 pairs but index.json counts 4.*--force"):
+        snap.verify_snapshot(str(tmp_path / "abc"))
+
+
+def test_verify_catches_a_split_index_that_lists_other_shards(tmp_path):
+    from test_snapshot import write_snapshot
+
+    root = tmp_path / "abc"
+    write_snapshot(root, [2, 2])
+    split_index = json.loads((root / "train" / "index.json").read_text())
+    split_index["shards"] = split_index["shards"][:1]  # Streaming would read half the split
+    (root / "train" / "index.json").write_text(json.dumps(split_index))
+    with pytest.raises(DataError, match=r"train/index.json does not list the shards"):
+        snap.verify_snapshot(str(root))
+
+
+def test_a_part_whose_marker_disagrees_with_its_shards_is_not_merged(tmp_path):
+    from test_snapshot import samples
+
+    split = str(tmp_path / "train")
+    snap.write_part(split, 0, samples(2), snap.columns(False))
+    (tmp_path / "train" / "part-00000" / snap.PART_DONE).write_text(json.dumps({"samples": 3}))
+    assert not snap.part_done(split, 0, 2)
+    with pytest.raises(DataError, match=r"part-00000: its shards hold 2 pairs, its vap-part.json 3"):
+        snap.merge_parts(split, 1)
+
+
+def test_no_training_pairs_is_refused_before_any_encoding(tiny_backbones, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    synthesize(str(src), conditions_per_category=1, clips_per_condition=2, frames=9, fps=8.0, size=32, progress=False)
+    csv = src / "metadata.csv"
+    csv.write_text(csv.read_text().replace(",train,", ",test,"))  # every row held out
+    from vap.datasets.encode import ClipEncoder
+
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", lambda *a, **k: pytest.fail("must not encode"))
+    spec = make_spec(tiny_backbones["cogvideox"], str(src), str(tmp_path / "shards"), frames=5, unseen_conditions=0)
+    with pytest.raises(DataError, match=r"no training pairs from 8 usable clips .*data.val_fraction"):
+        build_snapshot(spec, progress=False)
+    assert not (tmp_path / "shards").exists()

@@ -122,12 +122,31 @@ class RegistrySpec(_Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://", "sqlite:///", "databricks")):
-            raise ValueError(f"{value!r} is not an MLflow URI; use http://host:port or sqlite:///path.db")
-        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
-            # a relative sqlite path becomes absolute, so Ray workers open the same database
-            return f"sqlite:///{Path(value.removeprefix('sqlite:///')).absolute()}"
+        try:
+            return parse_tracking_uri(value)
+        except VapError as err:
+            raise ValueError(str(err)) from None
+
+
+def parse_tracking_uri(value: str) -> str:
+    """Check an MLflow tracking URI (the spec's or a `--tracking-uri`); RegistryError naming the fix.
+    A relative sqlite path becomes absolute, so Ray workers open the same database."""
+    from urllib.parse import urlparse
+
+    from vap.errors import RegistryError
+
+    if value.startswith(("http://", "https://")):
+        if not urlparse(value).hostname:
+            raise RegistryError(f"{_short(value)}: names no host; use http://host:port")
         return value
+    if value.startswith("sqlite:///"):
+        path = value.removeprefix("sqlite:///")
+        if not path.strip("/") or path.endswith("/"):
+            raise RegistryError(f"{_short(value)}: names no database file; use sqlite:///path/to/mlflow.db")
+        return value if path.startswith("/") else f"sqlite:///{Path(path).absolute()}"
+    if value == "databricks" or value.startswith("databricks://"):
+        return value
+    raise RegistryError(f"{_short(value)} is not an MLflow URI; use http://host:port or sqlite:///path.db")
 
 
 class JobSpec(_Strict):
@@ -161,7 +180,7 @@ def _where(loc: tuple) -> str:
 
 def _explain(err: ValidationError, source: str) -> str:
     problems = []
-    for e in err.errors():
+    for e in err.errors(include_url=False):
         where = _where(e["loc"])
         kind = e["type"]
         if kind == "extra_forbidden":
@@ -170,8 +189,9 @@ def _explain(err: ValidationError, source: str) -> str:
             problems.append(f"missing key '{where}': add it")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            problems.append(f"'{where}': {msg} (got {e.get('input')!r})")
-    return f"{source}: invalid job spec: " + "; ".join(problems)
+            problems.append(f"'{where}': {msg} (got {_short(e.get('input'))})")
+    more = f"; and {len(problems) - 5} more problems" if len(problems) > 5 else ""
+    return f"{source}: invalid job spec: " + "; ".join(problems[:5]) + more
 
 
 def parse_spec(data: object, source: str = "spec") -> JobSpec:
@@ -187,14 +207,79 @@ def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a YAML job spec; raise SpecError naming the bad key and the fix."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except OSError as err:
         raise SpecError(f"{path}: cannot read the job spec ({err.strerror}); check the path") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES >> 10} KiB, too large for a job spec; check the file")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
+                        "save the job spec as UTF-8") from None
+    return parse_spec(_load_yaml(text, path), str(path))
+
+
+# A job spec is a few dozen values; anchors and aliases may share a block, but a document that
+# expands past this many values is refused before anything walks it (an alias "bomb" of a few
+# hundred bytes expands to billions, which validating or echoing it would materialise).
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 10_000
+
+
+def _load_yaml(text: str, path: Path) -> object:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
-    return parse_spec(data, str(path))
+        raise SpecError(f"{path}: not valid YAML: {_short(str(err), 200, repr_=False)}".replace("\n", " ")) from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply for a job spec; check the file") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Count the values `root` expands to, each shared (aliased) node once per use."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(f"{path}: a YAML alias refers to the block that contains it; write the value out")
+        active.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = n = min(n, MAX_SPEC_VALUES + 1)
+        if n > MAX_SPEC_VALUES:
+            raise SpecError(f"{path}: YAML anchors/aliases expand to more than {MAX_SPEC_VALUES} values; "
+                            "a job spec needs a few dozen: write the values out instead of aliasing them")
+        return n
+
+    size(root)
+
+
+def _short(value: object, limit: int = 80, repr_: bool = True) -> str:
+    """A bounded rendering of a bad value for an error message (never the whole of a huge one)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring = r.maxother = limit
+    text = r.repr(value) if repr_ else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def dump_spec(spec: JobSpec) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ def parse_uri(uri: str) -> Location:
     if not uri:
         raise StorageError("empty storage URI: give a path, file:///abs/path or s3://bucket/prefix")
     if "://" not in uri:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri):
+            # s3:/x or s3:x would otherwise be a local folder named "s3:"
+            scheme = uri.split(":", 1)[0]
+            raise StorageError(f"{uri[:80]}: looks like a {scheme} URI without '//'; write {scheme}://… "
+                               f"(e.g. s3://bucket/prefix), or ./{uri[:40]} for a local folder of that name")
         return Location("file", "", str(Path(uri).expanduser().absolute()))
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -104,6 +110,20 @@ def _s3_error(err: Exception, uri: str) -> StorageError:
     return StorageError(f"{uri}: {err}")
 
 
+def _local_error(err: OSError, uri: str, action: str) -> StorageError:
+    import errno
+
+    fix = {errno.EACCES: "check its permissions or choose another location",
+           errno.EPERM: "check its permissions or choose another location",
+           errno.EROFS: "the file system is read-only; choose a writable location",
+           errno.ENOSPC: "the disk is full; free space or choose another location",
+           errno.EDQUOT: "the disk quota is exceeded; free space or choose another location",
+           errno.ENOENT: "check the path", errno.ENOTDIR: "a parent of it is a file, not a folder; check the path",
+           errno.EISDIR: "it is a folder; name a file"}.get(err.errno, "check the path and its permissions")
+    where = f" ({err.filename})" if err.filename and str(err.filename) != uri else ""
+    return StorageError(f"{uri}: cannot {action}{where}: {err.strerror or err}; {fix}")
+
+
 def _s3_call(uri: str, fn):
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -137,6 +157,8 @@ def read_bytes(uri: str) -> bytes:
             return Path(loc.path).read_bytes()
         except FileNotFoundError:
             raise StorageError(f"{uri}: no such file") from None
+        except OSError as err:
+            raise _local_error(err, uri, "read") from None
     return _s3_call(uri, lambda: s3_client().get_object(Bucket=loc.bucket, Key=loc.path)["Body"].read())
 
 
@@ -145,11 +167,17 @@ def write_bytes(uri: str, data: bytes) -> None:
     loc = parse_uri(uri)
     if loc.scheme == "file":
         path = Path(loc.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as err:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            raise _local_error(err, uri, "write") from None
         return
     _s3_call(uri, lambda: s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data))
 
@@ -185,7 +213,14 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
     loc = parse_uri(uri)
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     if loc.scheme == "file":
-        shutil.copytree(local_dir, loc.path, dirs_exist_ok=True)
+        try:
+            shutil.copytree(local_dir, loc.path, dirs_exist_ok=True)
+        except shutil.Error as err:  # copytree gathers the files it could not copy
+            _, dest, why = err.args[0][0]
+            raise StorageError(f"{uri}: cannot write ({dest}): {why}; check its permissions or choose "
+                               "another location") from None
+        except OSError as err:
+            raise _local_error(err, uri, "write") from None
         return
     for p in files:
         key = "/".join(x for x in (loc.path, str(p.relative_to(local_dir))) if x)
@@ -229,10 +264,13 @@ def remove(uri: str) -> None:
     loc = parse_uri(uri)
     if loc.scheme == "file":
         p = Path(loc.path)
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        try:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        except OSError as err:
+            raise _local_error(err, uri, "remove") from None
         return
     for name in list_files(uri):
         key = "/".join(x for x in (loc.path, name) if x)
@@ -245,7 +283,10 @@ def pyarrow_fs(uri: str):
 
     loc = parse_uri(uri)
     if loc.scheme == "file":
-        Path(loc.path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(loc.path).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _local_error(err, uri, "create the folder") from None
         return pyarrow.fs.LocalFileSystem(), loc.path
     kwargs = {}
     if endpoint_url():

@@ -76,6 +76,56 @@ def promote(
 
 
 @app.command()
+def plan(
+    config: Path = typer.Option(None, "--config", "-c", help="Job spec YAML: backbone, blocks, data shape, trainer."),
+    backbone: str = typer.Option(None, help="Shipped config (cogvideox-5b-i2v, wan2.1-i2v-14b-480p), hub id, path or transformer config.json."),
+    blocks: str = typer.Option(None, help="Expert blocks: default, all, or a comma list (e.g. 0,4,8)."),
+    gpus: int = typer.Option(None, help="GPUs (data-parallel ranks). Default: the spec's workers, else 8."),
+    gpu_memory: float = typer.Option(None, help="Memory per GPU in GiB (default 80)."),
+    frames: int = typer.Option(None, help="Video frames (paper: 49)."),
+    height: int = typer.Option(None, help="Height in pixels (paper: 480)."),
+    width: int = typer.Option(None, help="Width in pixels (paper: 720 CogVideoX, 832 Wan)."),
+    batch: int = typer.Option(None, help="Pairs per GPU per step."),
+    references: int = typer.Option(None, help="Reference videos per target."),
+    zero_stage: int = typer.Option(None, help="DeepSpeed ZeRO stage (0-3)."),
+    offload_optimizer: bool = typer.Option(None, "--offload-optimizer/--no-offload-optimizer", help="Optimizer state on CPU."),
+    offload_params: bool = typer.Option(None, "--offload-params/--no-offload-params", help="Parameters on CPU."),
+    checkpointing: bool = typer.Option(None, "--checkpointing/--no-checkpointing", help="Activation checkpointing per block."),
+    precision: str = typer.Option(None, help="bf16 (GPU) or fp32."),
+    mfu: float = typer.Option(None, help="Model FLOPs utilisation assumed for the step time (default 0.35)."),
+    peak_tflops: float = typer.Option(None, help="GPU peak TFLOP/s in that precision (default 989, H100 bf16 dense)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the plan as JSON here ('-' for stdout only)."),
+) -> None:
+    """Memory per GPU, step time and cost of a job before it is submitted: frozen and trainable
+    parameters, gradients and optimizer state under ZeRO, the largest gathered layer,
+    activations of the joint sequence (with and without checkpointing), buffers; whether it fits
+    and the cheapest change that makes it fit; step time from FLOPs at a stated MFU and GPU-hours
+    per 1,000 steps. Flags override the spec; without a spec the defaults are the paper's
+    CogVideoX setup (49 frames, 480×720, 8 GPUs × 80 GiB)."""
+    from vap.plan import Setup, plan as make_plan, setup_from_spec
+
+    flags = dict(backbone=backbone, gpus=gpus, gpu_memory_gib=gpu_memory, frames=frames, height=height, width=width,
+                 batch=batch, references=references, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
+                 offload_params=offload_params, activation_checkpointing=checkpointing, precision=precision, mfu=mfu,
+                 peak_tflops=peak_tflops,
+                 blocks=None if blocks is None else blocks if blocks in ("default", "all") else
+                 [int(b) for b in blocks.split(",")])
+    if config is not None:
+        from vap.spec import load_spec
+
+        setup = setup_from_spec(load_spec(config), **flags)
+    else:
+        setup = Setup(**{k: v for k, v in flags.items() if v is not None})
+    result = make_plan(setup)
+    if json_out is not None and str(json_out) == "-":
+        typer.echo(result.to_json())
+        return
+    typer.echo(result.table())
+    if json_out is not None:
+        json_out.write_text(result.to_json() + "\n")
+
+
+@app.command()
 def demo(
     config: Path = typer.Option(Path("examples/demo.yaml"), "--config", "-c", help="Job spec of the demo."),
     steps: int = typer.Option(None, help="Training steps (default: the spec's)."),

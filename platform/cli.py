@@ -102,7 +102,8 @@ def plan(
     and the cheapest change that makes it fit; step time from FLOPs at a stated MFU and GPU-hours
     per 1,000 steps. Flags override the spec; without a spec the defaults are the paper's
     CogVideoX setup (49 frames, 480×720, 8 GPUs × 80 GiB)."""
-    from vap.plan import Setup, plan as make_plan, setup_from_spec
+    from vap.plan import Setup, setup_from_spec
+    from vap.plan import plan as make_plan
 
     flags = dict(backbone=backbone, gpus=gpus, gpu_memory_gib=gpu_memory, frames=frames, height=height, width=width,
                  batch=batch, references=references, zero_stage=zero_stage, offload_optimizer=offload_optimizer,

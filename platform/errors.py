@@ -37,3 +37,7 @@ class TrainingError(VapError):
 
 class KubeError(VapError):
     """Rendering, validating or submitting Kubernetes objects failed; the message says why."""
+
+
+class LeaseError(VapError):
+    """Another process holds the job (its lease has not expired); the message names it."""

@@ -170,6 +170,17 @@ class Snapshot:
         return f"snapshot {self.id} {state}: {self.uri} — pairs: {splits}; {conditions} conditions"
 
 
+def require_train_pairs(uri: str) -> Snapshot:
+    """The snapshot at `uri`, or a DataError if it has nothing to train on (a snapshot built
+    before builds refused that): checked before a training run is opened."""
+    found = Snapshot.load(uri)
+    if not found.counts.get("train", {}).get("pairs"):
+        raise DataError(f"{uri}: snapshot {found.id} has no training pairs; rebuild it from more clips "
+                        "(its report/ says what was held out or rejected) or lower data.unseen_conditions / "
+                        "data.val_fraction")
+    return found
+
+
 def write_latest(shards_uri: str, sid: str) -> None:
     storage.write_bytes(storage.join(shards_uri, LATEST), f"{sid}\n".encode())
 

@@ -66,16 +66,24 @@ def deepspeed_config(spec: JobSpec, world_size: int) -> dict:
 
 # --- driver ------------------------------------------------------------------------------
 def train(spec: JobSpec, resume: bool = True, progress: bool = True) -> TrainResult:
+    from vap import lease
     from vap.datasets.loader import resolve_snapshot
+    from vap.datasets.snapshot import require_train_pairs
 
     storage.sync_endpoint_env()
     registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
                         artifact_location=storage.join(spec.storage.uri, "mlflow-artifacts"))
     registry.check()
     snapshot = resolve_snapshot(spec.data.shards, spec.data.snapshot)
+    require_train_pairs(snapshot)
     storage_fs, storage_path = storage.pyarrow_fs(spec.storage.uri)
     _check_writable(spec.storage.uri)
+    with lease.hold(spec.storage.uri, spec.name):  # one `vap train` of a job at a time
+        return _fit(spec, registry, snapshot, storage_fs, storage_path, resume, progress)
 
+
+def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_path: str, resume: bool,
+         progress: bool) -> TrainResult:
     previous = registry.find_run(spec.name) if resume else None
     if previous is not None and previous.info.status == "FINISHED" and previous.data.tags.get("vap.version"):
         log.info("job %s already finished (run %s); not training again — rename the job to retrain",

@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.setup-$(SETUP_KEY)
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch-extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup demo test test-fast lint clean
+.PHONY: help setup demo test test-fast lint clean bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test: setup ## all tests (slow end-to-end ones included)
 
 test-fast: setup ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow"
+
+bench: setup ## every benchmark side by side in one run → benchmarks/results/summary.{json,md,png} and the README table (QUICK=1: smaller sizes)
+	$(BIN)/python benchmarks/run_all.py $(if $(filter 1 true yes,$(QUICK)),--quick)
 
 lint: setup ## ruff
 	$(BIN)/ruff check platform training datasets operators tests benchmarks

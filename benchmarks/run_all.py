@@ -1,0 +1,200 @@
+"""`make bench`: every benchmark side by side in one run, then one table of ratios.
+
+Runs each suite on this machine, one after the other (never two at once: they would measure
+each other), each writing its own results JSON, then gathers the ratios:
+
+  P1  loader ÷ raw read of the same bytes                       bench_data.py       goal ≥ 0.8
+  P2  platform (Ray + ZeRO-3, 2 workers) ÷ bare torch loop      bench_train.py      goal ≥ 0.9
+  P3  generation ÷ backbone alone, per attention mode           bench_inference.py  goal ≤ 1.2 (cached)
+      and the same at the paper's scale from the planner's FLOP model (vap.plan.inference_ratios)
+  P4  precomputed latents ÷ on-the-fly encoding                 bench_data.py       goal ≥ 10
+  P5  checkpoint bytes ÷ trainable-state bytes                  bench_train.py      goal ≈ 1.0
+  D1  decoding peak memory ÷ output size                        bench_decode.py
+
+Writes benchmarks/results/summary.json, summary.md and summary.png, and the table into the
+README between its `bench` markers. `--quick` runs smaller sizes (minutes, not tens of them);
+`--only P1 P3 …` picks suites; `--collect` only rebuilds the table from the JSON on disk.
+No ratio here is asserted by a test: timings on a shared 2-core machine are evidence, not a spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+
+# suite → (script, full arguments, quick arguments, the ratios it provides)
+SUITES = {
+    "data": ("bench_data.py", [], ["--samples", "32", "--p1-rounds", "3", "--steps", "4", "--rounds", "2"], ("P1", "P4")),
+    "train": ("bench_train.py", [], ["--quick"], ("P2", "P5")),
+    "inference": ("bench_inference.py", [], ["--steps", "10", "--repeats", "1"], ("P3",)),
+    "decode": ("bench_decode.py", [], ["--quick"], ("D1",)),
+}
+
+
+@dataclass
+class Row:
+    id: str
+    what: str
+    ratio: float | None
+    goal: str
+    met: bool | None
+    source: str
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _get(d: dict | None, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def paper_scale_p3() -> dict:
+    """P3 at 49 frames, 480p from the planner's FLOP model: what a GPU run will see."""
+    from vap.plan import Setup, inference_ratios
+
+    out = {}
+    for name, setup in (("cogvideox-5b-i2v", Setup()),
+                        ("wan2.1-i2v-14b-480p", Setup(backbone="wan2.1-i2v-14b-480p", width=832))):
+        out[name] = {k: round(v, 3) for k, v in inference_ratios(setup).items()}
+    (RESULTS / "inference_paper_scale.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def rows() -> list[Row]:
+    data, train, inf, dec = _load("data"), _load("train"), _load("inference"), _load("decode")
+    paper = _load("inference_paper_scale")
+    out = [
+        Row("P1", "loader ÷ raw read, cached epochs", _get(data, "P1", "ratio_cached_epoch"), "≥ 0.8", None, "data.json"),
+        Row("P2", "platform ÷ bare torch, samples/s", _get(train, "P2", "ratio"), "≥ 0.9", None, "train.json"),
+    ]
+    for fam in ("cogvideox", "wan"):
+        for mode in ("joint", "one_way", "one_way_cache"):
+            r = _get(inf, "families", fam, "denoising_step", "ratio_to_backbone", mode)
+            out.append(Row("P3", f"{fam} step ÷ backbone, {mode} (small CPU model)", r,
+                           "≤ 1.2" if mode == "one_way_cache" else "—", None, "inference.json"))
+    for name in ("cogvideox-5b-i2v", "wan2.1-i2v-14b-480p"):
+        for mode in ("joint", "one_way", "one_way_cache"):
+            out.append(Row("P3", f"{name} step ÷ backbone, {mode} (49 frames 480p, FLOPs)",
+                           _get(paper, name, mode), "≤ 1.2" if mode == "one_way_cache" else "—", None,
+                           "inference_paper_scale.json"))
+    out += [
+        Row("P4", "precomputed ÷ on-the-fly encoding, steps/s", _get(data, "P4", "ratio"), "≥ 10", None, "data.json"),
+        Row("P5", "checkpoint bytes ÷ trainable state", _get(train, "P5", "ratio"), "≈ 1.0", None, "train.json"),
+        Row("D1", "decode peak memory ÷ output bytes", _get(dec, "ratio"), "bounded", None, "decode.json"),
+    ]
+    for r in out:
+        if r.ratio is None:
+            continue
+        if r.goal.startswith("≥"):
+            r.met = r.ratio >= float(r.goal[1:])
+        elif r.goal.startswith("≤"):
+            r.met = r.ratio <= float(r.goal[1:])
+        elif r.goal.startswith("≈"):
+            r.met = abs(r.ratio - float(r.goal[1:])) <= 0.1
+    return out
+
+
+def machine() -> dict:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+            "load_avg_1m": round(load, 2) if load is not None else None,
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def table(rs: list[Row], m: dict, collected: bool) -> str:
+    how = ("Collected from the suites' results JSON (each from its own last run)" if collected else
+           f"Measured {m['date']} by `make bench` in one run")
+    lines = [f"{how} on {m['cpus']} CPUs ({m['machine']}, Python {m['python']}, load {m['load_avg_1m']}); "
+             "each ratio is measured side by side within its suite.", "",
+             "| | what | ratio | goal | |", "|---|---|---|---|---|"]
+    for r in rs:
+        ratio = "not run" if r.ratio is None else f"{r.ratio:.3g}"
+        mark = {True: "✓", False: "✗", None: ""}[r.met]
+        lines.append(f"| {r.id} | {r.what} | {ratio} | {r.goal} | {mark} |")
+    return "\n".join(lines)
+
+
+def plot(rs: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rs if r.ratio is not None]
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(shown) + 1.2))
+    colors = ["#2a9d8f" if r.met else "#e76f51" if r.met is False else "#8d99ae" for r in shown]
+    ax.barh(range(len(shown)), [r.ratio for r in shown], color=colors)
+    for i, r in enumerate(shown):
+        if r.goal[0] in "≥≤≈":
+            ax.plot([float(r.goal[1:])] * 2, [i - 0.4, i + 0.4], color="black", lw=1.5)
+        ax.text(r.ratio, i, f" {r.ratio:.2f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(shown)), [f"{r.id} {r.what}" for r in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio (log scale); black tick = goal; green met, red missed")
+    ax.set_title("vap-platform benchmarks (make bench)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(text: str) -> None:
+    readme = README.read_text()
+    start, end = MARKERS
+    if start in readme and end in readme:
+        head, rest = readme.split(start, 1)
+        _, tail = rest.split(end, 1)
+        README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: minutes instead of tens of minutes")
+    parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
+    parser.add_argument("--collect", action="store_true", help="run nothing; rebuild the table from results/*.json")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if not args.collect:
+        for name in args.only or SUITES:
+            script, full, quick, gives = SUITES[name]
+            if not (HERE / script).exists():
+                print(f"[bench] {name}: {script} not found, skipped ({', '.join(gives)} not run)", flush=True)
+                continue
+            cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
+            print(f"[bench] {name} ({', '.join(gives)}): {' '.join(cmd[1:])}", flush=True)
+            started = time.monotonic()
+            proc = subprocess.run(cmd)
+            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            print(f"[bench] {name}: {status} in {time.monotonic() - started:.0f} s", flush=True)
+        paper_scale_p3()
+    rs = rows()
+    m = machine()
+    text = table(rs, m, collected=args.collect)
+    (RESULTS / "summary.json").write_text(json.dumps({"machine": m, "rows": [asdict(r) for r in rs]}, indent=1) + "\n")
+    (RESULTS / "summary.md").write_text(text + "\n")
+    plot(rs, RESULTS / "summary.png")
+    update_readme(text + "\n\n![benchmarks](benchmarks/results/summary.png)")
+    print(text)
+    print(f"\nresults: {RESULTS / 'summary.json'}, {RESULTS / 'summary.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -435,6 +435,7 @@ def setup_from_spec(spec, **overrides) -> Setup:
     t, d = spec.trainer, spec.data
     base = dict(backbone=spec.model.backbone, blocks=spec.model.expert.blocks, gpus=t.workers, frames=d.frames,
                 height=d.height, width=d.width, batch=t.batch_size, references=d.refs_per_target,
-                zero_stage=t.zero_stage, activation_checkpointing=bool(getattr(t, "activation_checkpointing", False)))
+                zero_stage=t.zero_stage, activation_checkpointing=bool(getattr(t, "activation_checkpointing", False)),
+                precision="bf16" if t.use_gpu else "fp32")  # the trainer's choice (bf16 on GPU)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return Setup(**base)

@@ -15,6 +15,7 @@ import json
 import logging
 import tempfile
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
         "counts": {s: snap.counts(pairs[s]) for s in snap.SPLITS},
         "shards": {s: snap.shard_hashes(shards[s]) for s in snap.SPLITS},
         "encoded_clips": cache.encoded,
+        "build": uuid.uuid4().hex,  # tells this build from a rebuild of the same id (local caches are keyed by it)
     }
     storage.write_bytes(storage.join(root, snap.INDEX), json.dumps(index, indent=1).encode())
     snap.write_latest(data.shards, sid)

@@ -32,6 +32,7 @@ from streaming.base.format.mds.encodings import mds_decode
 
 from vap import storage
 from vap.datasets.snapshot import INDEX, LATEST, NULL_TEXT, SPLITS
+from vap.datasets.snapshot import local_cache as snapshot_cache
 from vap.errors import DataError, StorageError
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ def make_loader(snapshot_uri: str, split: str, *, batch_size: int, seed: int, lo
     remote = storage.join(snapshot_uri, split)
     if not storage.exists(storage.join(remote, INDEX)):
         raise DataError(f"{snapshot_uri}: split {split!r} has no pairs; build with more clips or pick another split")
-    local = Path(local_cache) / storage.parse_uri(snapshot_uri).path.rstrip("/").rsplit("/", 1)[-1] / split
+    local = snapshot_cache(local_cache, snapshot_uri) / split  # keyed by the build: a rebuild is fetched anew
     dataset = _Dataset(remote=remote, local=str(local), split=None, shuffle=shuffle, shuffle_seed=seed,
                        batch_size=batch_size, validate_hash=HASH,
                        predownload=max(PREDOWNLOAD, 8 * batch_size))

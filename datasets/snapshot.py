@@ -181,6 +181,22 @@ def require_train_pairs(uri: str) -> Snapshot:
     return found
 
 
+def local_cache(cache_root: str | Path, uri: str) -> Path:
+    """The folder under `cache_root` that holds the snapshot's shards locally: keyed by its id
+    *and* its build (index.json changes with every build), so a snapshot rebuilt under the same id
+    (`vap data build --force` after a corrupt shard) never reads the copies cached before.
+    Copies of earlier builds of that id are removed."""
+    import shutil
+
+    index = storage.read_bytes(storage.join(uri, INDEX))
+    sid = json.loads(index)["id"]
+    folder = Path(cache_root) / f"{sid}-{hashlib.sha256(index).hexdigest()[:12]}"
+    for stale in Path(cache_root).glob(f"{sid}-*"):
+        if stale != folder:
+            shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
 def write_latest(shards_uri: str, sid: str) -> None:
     storage.write_bytes(storage.join(shards_uri, LATEST), f"{sid}\n".encode())
 

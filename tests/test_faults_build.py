@@ -114,3 +114,25 @@ def test_no_training_pairs_is_refused_before_any_encoding(tiny_backbones, tmp_pa
     with pytest.raises(DataError, match=r"no training pairs from 8 usable clips .*data.val_fraction"):
         build_snapshot(spec, progress=False)
     assert not (tmp_path / "shards").exists()
+
+
+def test_rebuild_after_a_corrupt_shard_is_not_shadowed_by_the_cached_copy(tiny_backbones, source, tmp_path):
+    from vap.datasets.loader import make_loader
+
+    spec = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"), frames=5)
+    built = build_snapshot(spec, progress=False)
+    shard = Path(built.uri) / "train" / "part-00001" / "shard.00000.mds.zstd"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot in the object store
+    shard.write_bytes(bytes(data))
+    cache = tmp_path / "cache"
+
+    def read_all() -> list[str]:
+        loader = make_loader(built.uri, "train", batch_size=2, seed=0, local_cache=cache, shuffle=False)
+        return sorted(pid for batch in loader for pid in batch["pair_id"])
+
+    with pytest.raises(DataError, match=r"shard train/part-00001/shard\.00000\.mds\.zstd is corrupted.*--force"):
+        read_all()
+    rebuilt = build_snapshot(spec, progress=False, force=True)  # the fix the error recommends
+    assert rebuilt.id == built.id
+    assert read_all() == stored_pairs(rebuilt.uri, "train")  # same cache folder, the rebuilt shards

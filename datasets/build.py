@@ -50,7 +50,7 @@ def read_inputs(spec: JobSpec, progress: bool = True) -> Inputs:
         raise DataError("data.source is not set: point it at the raw clips (a folder or s3:// prefix "
                         "with metadata.csv), e.g. one written by `vap data synth`")
     storage.sync_endpoint_env()
-    result = ingest(data.source, min_alignment=data.min_alignment, progress=progress)
+    result = ingest(data.source, min_alignment=data.min_alignment, clip_root=data.clip_root, progress=progress)
     digests = _hash_clips(result, (data.frames - 1) / data.fps, progress)
     if not result.clips:
         raise DataError(f"{data.source}: no usable clips ({result.reasons()}); fix the input (see the reasons logged above)")
@@ -92,7 +92,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     if storage.exists(storage.join(root, snap.INDEX)) and not force:
         log.info("snapshot %s already built from these inputs: nothing to do", sid)
         snap.write_latest(data.shards, sid)
-        _remember(data.shards, quick, sid, data.source, result)
+        _remember(spec, quick, sid, result)
         return snap.Snapshot.load(root, reused=True)
     if force:
         storage.remove(root)
@@ -129,7 +129,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     }
     storage.write_bytes(storage.join(root, snap.INDEX), json.dumps(index, indent=1).encode())
     snap.write_latest(data.shards, sid)
-    _remember(data.shards, quick or unchanged_source_key(spec, backbone), sid, data.source, result)
+    _remember(spec, quick or unchanged_source_key(spec, backbone), sid, result)
     built = snap.Snapshot.load(root)
     log.info("%s", built.summary())
     return built
@@ -143,19 +143,20 @@ def no_train_pairs(source: str, clips: int, unseen: int, val_fraction: float) ->
 
 
 def unchanged_source_key(spec: JobSpec, backbone: Path) -> str | None:
-    """A key that changes whenever any file under the manifest's folder does (name, size and
-    mtime, or S3 ETag — what make and rsync trust), or a setting: it finds the snapshot of an
-    unchanged source without decoding or hashing a clip. None when the source cannot be listed."""
+    """A key that changes whenever any file under the data root does (name, size and mtime, or
+    S3 ETag — what make and rsync trust), or a setting: it finds the snapshot of an unchanged
+    source without decoding or hashing a clip. Ingest reads nothing outside that root, so the key
+    covers every clip a build reads. None when the source cannot be listed."""
     from vap.datasets.ingest import find_manifest
 
     try:
         manifest = find_manifest(spec.data.source)
-        folder = manifest.rsplit("/", 1)[0]
+        folder = _data_root(spec, manifest)
         listing = _listing(folder)
     except Exception as err:  # noqa: BLE001 - only a shortcut: the full path reports the problem
         log.debug("no quick check of %s: %s", spec.data.source, err)
         return None
-    payload = {"schema": snap.SCHEMA, "manifest": manifest, "files": listing,
+    payload = {"schema": snap.SCHEMA, "manifest": manifest, "root": folder, "files": listing,
                "settings": _settings(spec, backbone, None)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -183,16 +184,21 @@ def _memo_snapshot(shards: str, key: str) -> snap.Snapshot | None:
         return None
 
 
-def _remember(shards: str, key: str | None, sid: str, source: str, result: IngestResult) -> None:
-    """Record which snapshot an unchanged source gives — only if every clip lives under the
-    manifest's folder (the key does not see files elsewhere)."""
-    from vap.datasets.ingest import find_manifest
+def _data_root(spec: JobSpec, manifest: str) -> str:
+    """The folder every clip lies under (ingest refuses the others): data.clip_root, or the manifest's."""
+    return storage.parse_uri(spec.data.clip_root).uri if spec.data.clip_root else manifest.rsplit("/", 1)[0]
+
+
+def _remember(spec: JobSpec, key: str | None, sid: str, result: IngestResult) -> None:
+    """Record which snapshot an unchanged source gives — only if every clip lives under the data
+    root (the key does not see files elsewhere)."""
+    from vap.datasets.ingest import find_manifest, inside
 
     if not key:
         return
-    folder = find_manifest(source).rsplit("/", 1)[0] + "/"
-    if all(c.uri.startswith(folder) for c in result.clips):
-        storage.write_bytes(_memo_uri(shards, key), json.dumps({"id": sid, "source": source}).encode())
+    folder = _data_root(spec, find_manifest(spec.data.source))
+    if all(inside(folder, c.uri) for c in result.clips):
+        storage.write_bytes(_memo_uri(spec.data.shards, key), json.dumps({"id": sid, "source": spec.data.source}).encode())
 
 
 def identify(spec: JobSpec, inputs: Inputs, backbone: Path) -> tuple[str, dict]:

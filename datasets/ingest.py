@@ -7,7 +7,8 @@ Problems of the whole input (no manifest, a missing column, an unreachable endpo
 CSV (VAP-Data): `video_paths`, `ref_video_paths` (JSON list), `tar_video_caption`, `kind`
 (the condition), `split`, `reference_alignment_score`; an optional `category` column.
 JSONL: one object per line with `video`, `caption`, `condition` and optionally `category`,
-`split`, `alignment_score`, `refs`. Relative clip paths are relative to the manifest's folder.
+`split`, `alignment_score`, `refs`. Relative clip paths are relative to the manifest's folder;
+every clip must lie under the data root (that folder, or the spec's `data.clip_root`).
 A condition's category comes from the row, else from `categories.json` ({condition: category})
 beside the manifest, else from the synthetic generator's table.
 """
@@ -19,6 +20,7 @@ import csv
 import io
 import json
 import logging
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -53,13 +55,15 @@ class _Row:
 
 
 def ingest(source: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: int = 8,
-           min_alignment: float | None = None, progress: bool = True) -> IngestResult:
+           min_alignment: float | None = None, clip_root: str | None = None, progress: bool = True) -> IngestResult:
     """Validate every clip listed at `source` and return the usable ones and the rejected ones.
 
     `source` is a folder or s3:// prefix holding `metadata.csv` (or one other `*.csv`, or one
     `*.jsonl`), or the manifest file itself. Each clip is decoded completely with PyAV and must
     have at least `min_frames` frames, `min_fps` frames per second and `min_size` pixels a side;
-    rows with a `reference_alignment_score` below `min_alignment` are rejected as well.
+    rows with a `reference_alignment_score` below `min_alignment` are rejected as well. Every clip
+    must lie under `clip_root` (default: the manifest's folder), so `../` and absolute paths
+    cannot reach other files; a clip listed twice under different spellings is a duplicate.
     """
     manifest = storage.parse_uri(find_manifest(source)).uri  # absolute: relative clip paths hang off it
     root, name = manifest.rsplit("/", 1)
@@ -68,6 +72,8 @@ def ingest(source: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: 
     raw = _parse_jsonl(text, name, result) if name.endswith(".jsonl") else _parse_csv(text, name)
     table = {**SYNTH_CATEGORIES, **_category_file(root)}
     rows = [r for r in (_check_labels(r, table, min_alignment, result) for r in raw) if r]
+    allowed = storage.parse_uri(clip_root).uri if clip_root else root
+    rows = _contain(rows, root, allowed, result)
     rows = _drop_duplicates(rows, root, result)
 
     uris = [_resolve(root, r.path) for r in rows]
@@ -92,7 +98,9 @@ def ingest(source: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: 
                 refs.append(ids[ref_uri])
             elif ref_uri not in ids:
                 # A reference without a row of its own has no caption, so it cannot be used.
-                if not storage.exists(ref_uri):
+                if not inside(allowed, ref_uri):
+                    result.rejected.append(Rejected(row.source, "outside_root", _outside(row.source, ref, allowed)))
+                elif not storage.exists(ref_uri):
                     result.rejected.append(Rejected(row.source, "missing_reference",
                                                     f"{row.source}: reference {ref} does not exist; fix ref_video_paths or add the clip"))
         result.clips.append(Clip(
@@ -239,13 +247,43 @@ def _drop_duplicates(rows: list[_Row], root: str, result: IngestResult) -> list[
     return kept
 
 
+def _contain(rows: list[_Row], root: str, allowed: str, result: IngestResult) -> list[_Row]:
+    """Rows whose clip lies under `allowed`; the others are rejected before anything opens them
+    (FFmpeg reads whatever file a manifest names)."""
+    kept = []
+    for row in rows:
+        if inside(allowed, _resolve(root, row.path)):
+            kept.append(row)
+        else:
+            result.rejected.append(Rejected(row.source, "outside_root", _outside(row.source, row.path, allowed)))
+    return kept
+
+
+def _outside(where: str, path: str, allowed: str) -> str:
+    return (f"{where}: {path} is outside the data root {allowed}; move the clip under it, or set "
+            "data.clip_root to a folder that holds it")
+
+
+def _normal(uri: str) -> tuple[str, str, str]:
+    """(scheme, bucket, path) with `.` and `..` resolved (lexically: links are not followed)."""
+    loc = storage.parse_uri(uri)
+    return loc.scheme, loc.bucket, posixpath.normpath(loc.path if loc.scheme == "file" else "/" + loc.path)
+
+
+def inside(root: str, uri: str) -> bool:
+    """Whether `uri` lies under the folder or prefix `root`."""
+    (scheme, bucket, base), (s, b, path) = _normal(root), _normal(uri)
+    return (scheme, bucket) == (s, b) and (path == base or path.startswith(base.rstrip("/") + "/"))
+
+
 def _resolve(root: str, path: str) -> str:
-    if "://" in path or path.startswith("/"):
-        return path
-    return storage.join(root, path)
+    """The clip's URI, normalised: `a/../a/x.mp4` and `./a/x.mp4` are `a/x.mp4` — one clip, one URI."""
+    scheme, bucket, key = _normal(path if "://" in path or path.startswith("/") else storage.join(root, path))
+    return key if scheme == "file" else f"s3://{bucket}{key}"
 
 
 def _clip_id(path: str) -> str:
-    """Stable id: the path as written in the manifest, without its extension."""
+    """Stable id: the path as written in the manifest (`.` and `..` resolved), without its extension."""
+    path = path if "://" in path else posixpath.normpath(path)
     return path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
 

@@ -75,6 +75,10 @@ class DataSpec(_Strict):
         None, description="Raw clips: a folder or s3:// prefix with VAP-Data's CSV (or a JSONL manifest)."
     )
     shards: URI = Field(description="Where MDS shard snapshots are written and read (path, file://, s3://).")
+    clip_root: URI | None = Field(
+        None, description="Folder or s3:// prefix every clip the manifest lists must lie under; null = the "
+        "manifest's folder. Clips elsewhere (../, absolute paths, other buckets) are quarantined unread."
+    )
     snapshot: str = Field("latest", description="Snapshot id to train on, or 'latest'.")
     frames: int = Field(9, ge=1, description="Video frames per clip after resampling (paper: 49).")
     fps: float = Field(8.0, gt=0, description="Frame rate clips are resampled to (paper: 16).")

@@ -215,7 +215,7 @@ def test_jsonl_manifest_for_users_own_clips(dataset):
     manifest = dataset / "mine" / "clips.jsonl"
     manifest.parent.mkdir()
     manifest.write_text("\n".join(lines) + "\n")
-    result = ingest(str(manifest.parent), progress=False)
+    result = ingest(str(manifest.parent), clip_root=str(dataset), progress=False)  # clips beside mine/
     assert [c.condition for c in result.clips] == ["wobble"] * 3 and {c.category for c in result.clips} == {"motion"}
     assert sorted((r.source, r.reason) for r in result.rejected) == [
         ("clips.jsonl:line 4", "bad_manifest_line"), ("clips.jsonl:line 5", "missing_category"),

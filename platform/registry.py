@@ -46,8 +46,11 @@ def code_version() -> str:
 
 class Registry:
     def __init__(self, tracking_uri: str, model_name: str, experiment: str = "vap",
-                 artifact_location: str | None = None):
-        self.tracking_uri = tracking_uri
+                 artifact_location: str | None = None, create: bool = True):
+        from vap.spec import parse_tracking_uri
+
+        self.tracking_uri = parse_tracking_uri(tracking_uri)
+        self.create = create  # False: a sqlite database must exist already (a mistyped path is an error)
         self.model_name = model_name
         self.experiment = experiment
         # Only used when this client creates the experiment against a local store; a tracking
@@ -67,6 +70,8 @@ class Registry:
 
     def check(self) -> None:
         """Fail fast, with the fix, when the tracking server cannot be reached."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return check_sqlite_store(self.tracking_uri, self.create)
         if not self.tracking_uri.startswith("http"):
             return
         url = self.tracking_uri.rstrip("/") + "/health"
@@ -164,6 +169,7 @@ class Registry:
 
     def promote(self, version: str | None = None, alias: str = CHAMPION) -> Promotion:
         """Point `alias` at `version` (default: the challenger); tag the version with the audit trail."""
+        check_alias(alias)
         if version is None:
             version = self.version_of(CHALLENGER)
             if version is None:
@@ -199,4 +205,39 @@ def registry_from(config: str | Path | None, tracking_uri: str | None, model_nam
     if not tracking_uri or not model_name:
         raise RegistryError("say which registry: --config job.yaml, or --tracking-uri and --model-name "
                             "(or MLFLOW_TRACKING_URI)")
-    return Registry(tracking_uri, model_name, experiment)
+    return Registry(tracking_uri, model_name, experiment, create=False)
+
+
+def check_alias(alias: str) -> None:
+    """MLflow's rules for an alias, checked before any call (it would raise mid-promotion)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+    try:
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+    except MlflowException as err:
+        raise RegistryError(f"alias {alias[:60]!r} is not allowed ({err.message.split('. ')[0]}); use letters, "
+                            "digits, '_' and '-', not 'latest' or v<number> (e.g. --alias champion)") from None
+
+
+def check_sqlite_store(uri: str, create: bool) -> None:
+    """A sqlite store MLflow cannot write makes it retry for minutes and then fail with a
+    SQLAlchemy traceback; a mistyped path silently creates a new, empty registry. Check first."""
+    from vap.errors import StorageError
+    from vap.storage import probe_writable
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        if not create:
+            raise RegistryError(f"{uri}: no such MLflow database; check the path (`vap train` creates it)")
+        if not path.parent.is_dir():
+            raise RegistryError(f"{uri}: folder {path.parent} does not exist; create it or fix registry.tracking_uri")
+    try:
+        probe_writable(str(path.parent))  # sqlite writes its journal beside the database
+        if path.exists():
+            path.open("r+b").close()
+    except (StorageError, OSError) as err:
+        reason = getattr(err, "strerror", None) or str(err).split(": ", 1)[-1]
+        raise RegistryError(f"{uri}: MLflow cannot write its database there ({reason}); choose a writable "
+                            "folder in registry.tracking_uri (or --tracking-uri)") from None

@@ -182,6 +182,13 @@ def write_bytes(uri: str, data: bytes) -> None:
     _s3_call(uri, lambda: s3_client().put_object(Bucket=loc.bucket, Key=loc.path, Body=data))
 
 
+def probe_writable(uri: str) -> None:
+    """Write and remove a probe object under `uri`: StorageError naming it if that fails."""
+    probe = join(uri, f".vap-write-probe-{os.getpid()}")
+    write_bytes(probe, b"ok")
+    remove(probe)
+
+
 def list_files(uri: str, limit: int | None = None) -> list[str]:
     """Relative names of all files under a prefix (recursive), sorted."""
     loc = parse_uri(uri)

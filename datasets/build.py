@@ -313,14 +313,12 @@ def backbone_identity(name: str, folder: Path) -> dict:
 
 def backbone_folder(backbone: str) -> Path:
     """A local folder of the backbone: a path, an s3:// / file:// URI (cached), or a hub id."""
-    if "://" in backbone or Path(backbone).expanduser().exists():
-        return storage.materialize(backbone)
-    from huggingface_hub import snapshot_download
+    from vap.training.families.base import resolve_backbone
 
     # The encoders and the configs only: the transformer's weights are tens of GB the build never reads.
-    wanted = ["model_index.json", "transformer/config.json", "vae/*", "text_encoder/*", "tokenizer/*",
-              "image_encoder/*", "image_processor/*"]
-    return Path(snapshot_download(backbone, allow_patterns=wanted))
+    wanted = ["transformer/config.json", "vae/*", "text_encoder/*", "tokenizer/*", "image_encoder/*",
+              "image_processor/*"]
+    return Path(resolve_backbone(backbone, wanted))
 
 
 def _write_report(result: IngestResult, pairs: dict, uri: str) -> None:

@@ -3,16 +3,15 @@
 `read_clip` decodes an mp4 (PyAV), resamples it to the spec's frame rate and frame count and
 resizes / centre-crops it to the spec's resolution. `ClipEncoder` turns the result into the
 shard columns of docs/CONTRACTS.md, mirroring diffusers' `CogVideoXImageToVideoPipeline` and
-`WanImageToVideoPipeline` (`prepare_latents`, `encode_prompt`, `encode_image`). Everything the
-two families do differently lives in the two small subclasses at the bottom.
+`WanImageToVideoPipeline` (`prepare_latents`, `encode_prompt`, `encode_image`). Everything a
+family does differently lives in its small subclass, in the family's folder
+(`vap.training.families.<name>.encoder`), found through `get_family(name).encoder`.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import logging
-import re
 from pathlib import Path
 
 import av
@@ -141,9 +140,9 @@ class ClipEncoder:
     def from_pretrained(cls, family: str, path: str | Path, *, text_len: int | None = None,
                         device: str | None = None) -> ClipEncoder:
         """Load the encoders of a diffusers I2V repo folder (`path`) of `family`."""
-        sub = FAMILIES.get(family)
-        if sub is None:
-            raise ModelError(f"family {family!r} is not known; use one of {sorted(FAMILIES)}")
+        from vap.training.families import get_family
+
+        sub = get_family(family).encoder
         path = str(path)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -221,65 +220,3 @@ class ClipEncoder:
 
     def image_embed(self, first_frame: np.ndarray) -> torch.Tensor | None:
         return None
-
-
-class CogVideoXEncoder(ClipEncoder):
-    """CogVideoXImageToVideoPipeline: latents × scaling_factor; first-frame latent alone (F'=1)."""
-
-    family = "cogvideox"
-
-    @classmethod
-    def family_text_len(cls, path: str) -> int:
-        # The transformer is built for a fixed text length; the embeddings must match it.
-        from diffusers import CogVideoXTransformer3DModel
-
-        return int(CogVideoXTransformer3DModel.load_config(path, subfolder="transformer")["max_text_seq_length"])
-
-    def text_embed(self, ids, mask):
-        return self.text_encoder(ids)[0]
-
-    def _scale(self, latent):
-        sf = self.vae.config.scaling_factor
-        return latent / sf if self.vae.config.get("invert_scale_latents") else latent * sf
-
-    def normalise(self, latent):
-        return self._scale(latent)
-
-    def image_latent(self, x):
-        return self._scale(self._vae_mean(x[:, :, :1]))
-
-
-class WanEncoder(ClipEncoder):
-    """WanImageToVideoPipeline: (latent − mean) / std; condition = first frame then zeros (F'=F);
-    CLIP penultimate hidden state of the first frame; captions cleaned and zero-padded."""
-
-    family = "wan"
-    components = ("vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
-    default_text_len = 512
-
-    @staticmethod
-    def clean(caption: str) -> str:
-        # The pipeline's prompt_clean without ftfy: unescape HTML, collapse whitespace.
-        return re.sub(r"\s+", " ", html.unescape(html.unescape(caption))).strip()
-
-    def text_embed(self, ids, mask):
-        hidden = self.text_encoder(ids, mask).last_hidden_state
-        return hidden * mask.unsqueeze(-1).to(hidden.dtype)  # padding positions are zeros
-
-    def normalise(self, latent):
-        c = self.vae.config
-        mean = torch.tensor(c.latents_mean, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
-        std = torch.tensor(c.latents_std, device=latent.device, dtype=latent.dtype).view(1, -1, 1, 1, 1)
-        return (latent - mean) / std
-
-    def image_latent(self, x):
-        condition = torch.cat([x[:, :, :1], torch.zeros_like(x[:, :, 1:])], dim=2)
-        return self.normalise(self._vae_mean(condition))
-
-    def image_embed(self, first_frame):
-        pixels = self.image_processor(images=first_frame, return_tensors="pt").pixel_values
-        out = self.image_encoder(pixel_values=pixels.to(self.device, self.image_encoder.dtype), output_hidden_states=True)
-        return out.hidden_states[-2]
-
-
-FAMILIES: dict[str, type[ClipEncoder]] = {"cogvideox": CogVideoXEncoder, "wan": WanEncoder}

@@ -88,7 +88,9 @@ def cluster_problems(spec: JobSpec) -> list[str]:
     """What in a spec only makes sense on this machine: pods cannot read its disk or its sqlite file."""
     problems = []
     uris = {"storage.uri": spec.storage.uri, "data.shards": spec.data.shards, "data.source": spec.data.source}
-    if "://" in spec.model.backbone or spec.model.backbone.startswith("/"):
+    from vap.storage import is_storage_location
+
+    if is_storage_location(spec.model.backbone):
         uris["model.backbone"] = spec.model.backbone  # otherwise a hub id
     for key, uri in uris.items():
         if uri and not uri.startswith("s3://"):

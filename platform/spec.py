@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from vap.errors import SpecError, VapError
-from vap.storage import parse_uri
+from vap.storage import is_storage_location, parse_uri
 
 
 def _uri(value: str) -> str:
@@ -55,19 +55,25 @@ class ExpertSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    family: Literal["cogvideox", "wan"]
+    family: str = Field(description="Backbone family, one folder of vap.training.families (cogvideox, wan).")
     backbone: str = Field(
         description="diffusers model repo: a hub id, a local path, file:// or s3:// URI (subfolders transformer/, vae/, text_encoder/, tokenizer/)."
     )
     expert: ExpertSpec = ExpertSpec()
 
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, value: str) -> str:
+        from vap.training.families import family_names
+
+        if value not in family_names():
+            raise ValueError(f"unknown backbone family; use one of {family_names()}")
+        return value
+
     @field_validator("backbone")
     @classmethod
     def _backbone_uri(cls, value: str) -> str:
-        # A URI, a path-looking or existing folder is storage; anything else is a hub id ("org/name").
-        if "://" in value or value.startswith((".", "/", "~")) or Path(value).expanduser().exists():
-            return _uri(value)
-        return value
+        return _uri(value) if is_storage_location(value) else value  # else a hub id
 
 
 class DataSpec(_Strict):

@@ -57,6 +57,12 @@ def parse_uri(uri: str) -> Location:
     raise StorageError(f"{uri}: unsupported scheme '{parsed.scheme}://'; use a path, file:// or s3://")
 
 
+def is_storage_location(value: str) -> bool:
+    """The one rule for a model source (a backbone): a URI, a path-looking string ('.', '/', '~')
+    or an existing folder is storage; anything else is a Hugging Face hub id ("org/name")."""
+    return "://" in value or value.startswith((".", "/", "~")) or Path(value).expanduser().exists()
+
+
 def join(uri: str, *parts: str) -> str:
     loc = parse_uri(uri)
     tail = "/".join(p.strip("/") for p in parts if p)

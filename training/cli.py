@@ -7,15 +7,16 @@ app = typer.Typer(help="Inspect and build VAP models.", no_args_is_help=True)
 
 @app.command("tiny")
 def tiny(
-    family: str = typer.Argument(..., help="cogvideox or wan"),
+    family: str = typer.Argument(..., help="A family of vap.training.families: cogvideox or wan."),
     out: str = typer.Argument(..., help="Folder to write the tiny backbone to (hub layout)."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
 ) -> None:
     """Write a tiny random backbone of FAMILY in the real hub layout (for tests and the demo)."""
-    from vap.training.tiny import BUILDERS, make_tiny_backbone
+    from vap.training.families import family_names
+    from vap.training.tiny import make_tiny_backbone
 
-    if family not in BUILDERS:
-        raise typer.BadParameter(f"unknown family {family!r}; choose one of {sorted(BUILDERS)}")
+    if family not in family_names():
+        raise typer.BadParameter(f"unknown family {family!r}; choose one of {family_names()}")
     typer.echo(make_tiny_backbone(family, out, seed=seed))
 
 

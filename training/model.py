@@ -25,7 +25,8 @@ from torch import nn
 
 from vap.errors import ModelError
 from vap.training.attention import MODES, ReferenceCache
-from vap.training.families import MODEL_FILES, Family, get_family, resolve_backbone
+from vap.training.families import get_family
+from vap.training.families.base import MODEL_FILES, Family, resolve_backbone
 from vap.training.rope import reference_positions
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""Training objectives, one per family, over the shard batch format of docs/CONTRACTS.md.
+"""Training objectives over the shard batch format of docs/CONTRACTS.md: the shared part.
+
+Each family's own objective (its noise and loss) lives in its folder, e.g.
+`vap.training.families.cogvideox.objective`.
 
 `objective(engine, batch, generator=g, caption_dropout=p, null_text=t)` returns the scalar loss
 on the target tokens. The engine (DeepSpeed or the bare VAPTransformer) is only *called*;
@@ -63,38 +66,3 @@ class Objective:
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.device, torch.float32).view(-1, *([1] * (like.ndim - 1)))
-
-
-class VPredictionObjective(Objective):
-    """CogVideoX: DDPM v-prediction turned into x̂0, loss weighted by 1/(1-ᾱ_t), t uniform."""
-
-    def __init__(self, family, scheduler):
-        super().__init__(family, dict(scheduler.config))
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
-
-    def noise(self, x0, generator):
-        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        a = _expand(self.alphas_cumprod[t], x0)
-        noisy = (a.sqrt() * x0.float() + (1 - a).sqrt() * eps).to(x0.dtype)
-        return noisy, t, {"alpha": a}
-
-    def loss(self, pred, x0, noisy, aux):
-        a = aux["alpha"]
-        x0_hat = a.sqrt() * noisy - (1 - a).sqrt() * pred
-        per_sample = ((x0_hat - x0) ** 2).flatten(1).mean(1)
-        return (per_sample / (1 - a).flatten()).mean()
-
-
-class FlowMatchingObjective(Objective):
-    """Wan: x_t = (1-σ)x0 + σε, target ε - x0, σ logit-normal(0, 1), no shift."""
-
-    def noise(self, x0, generator):
-        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=generator))
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        s = _expand(sigma, x0)
-        noisy = ((1 - s) * x0.float() + s * eps).to(x0.dtype)
-        return noisy, sigma * self.num_train_timesteps, {"eps": eps}
-
-    def loss(self, pred, x0, noisy, aux):
-        return ((pred - (aux["eps"] - x0)) ** 2).mean()

@@ -24,7 +24,7 @@ import torch
 
 from vap.errors import DataError, ModelError
 from vap.training.attention import ReferenceCache
-from vap.training.families import resolve_backbone
+from vap.training.families.base import resolve_backbone
 from vap.training.model import VAPExpert, VAPTransformer
 
 log = logging.getLogger(__name__)

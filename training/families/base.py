@@ -1,10 +1,11 @@
-"""What differs between backbone families, behind one small interface (torchtitan's ModelSpec idea).
+"""The `Family` interface: what differs between backbone families (torchtitan's ModelSpec idea).
 
-The VAP transformer, the objectives' callers and the generation pipeline ask the `Family`
-instead of testing `if family == ...`. A family knows its diffusers transformer class, which
-blocks the paper gives an expert, how a stream is embedded, how one block runs (alone or joint
-with the reference stream), the output head, its RoPE, the expert's timestep, its training
-objective and how its pipeline prepares inputs and decodes latents.
+The VAP transformer, the objectives' callers, the data build and the generation pipeline ask
+the `Family` instead of testing `if family == ...`. A family knows its diffusers transformer
+class, which blocks the paper gives an expert, how a stream is embedded, how one block runs
+(alone or joint with the reference stream), the output head, its RoPE, the expert's timestep,
+its training objective, its clip encoder (`encoder`, the inverse of `decode`), its tiny
+stand-in (`build_tiny`) and how its pipeline prepares inputs and decodes latents.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vap.errors import ModelError
+from vap.errors import DataError, ModelError
 
 
 @dataclass
@@ -46,11 +47,9 @@ class TrainingInputs:
 def resolve_backbone(backbone: str, patterns: list[str] | None = None) -> str:
     """A local folder of a backbone: a path, a file:// or s3:// URI (downloaded once), or a hub
     id (a snapshot of the files matching `patterns`, default all, in the Hugging Face cache)."""
-    from pathlib import Path
+    from vap.storage import is_storage_location, materialize
 
-    if "://" in backbone or Path(backbone).expanduser().exists():
-        from vap.storage import materialize
-
+    if is_storage_location(backbone):
         return str(materialize(backbone))
     from huggingface_hub import snapshot_download
 
@@ -65,10 +64,24 @@ def resolve_backbone(backbone: str, patterns: list[str] | None = None) -> str:
 MODEL_FILES = ["transformer/*", "scheduler/*"]  # what the VAP transformer and the objectives read
 
 
+def batch_tensor(batch: dict, key: str, device, dtype) -> torch.Tensor:
+    if key not in batch:
+        raise DataError(f"batch has no '{key}' (has {sorted(batch)}); rebuild the shards for this family")
+    return torch.as_tensor(batch[key]).to(device=device, dtype=dtype)
+
+
+def check_same_grid(target: torch.Tensor, reference: torch.Tensor, what: str) -> None:
+    """Shard-layout latents [B, C, F, h, w]: all but the frame count must agree."""
+    if target.shape[:2] != reference.shape[:2] or target.shape[3:] != reference.shape[3:]:
+        raise DataError(f"{what}: reference latents {tuple(reference.shape)} do not match target latents "
+                        f"{tuple(target.shape)} in batch, channels or resolution; encode both at one size")
+
+
 class Family:
-    """Base class; see `vap.training.cogvideox` and `vap.training.wan`."""
+    """Base class; each family is one folder, e.g. `vap.training.families.cogvideox`."""
 
     name: str
+    encoder: type  # its `vap.datasets.encode.ClipEncoder` subclass (the shard columns; inverse of `decode`)
     transformer_class: str  # diffusers class name in transformer/config.json
     frame_axis: int  # the time axis of the transformer's latent input (CogVideoX 1, Wan 2)
     channel_axis: int
@@ -164,20 +177,6 @@ class Family:
         """The family's loss, reading the backbone's scheduler/ config (path, hub id or URI)."""
         raise NotImplementedError
 
-
-def _families() -> dict[str, Family]:
-    from vap.training.cogvideox import CogVideoX
-    from vap.training.wan import Wan
-
-    return {f.name: f for f in (CogVideoX(), Wan())}
-
-
-def get_family(name: str) -> Family:
-    families = _families()
-    if name not in families:
-        raise ModelError(f"unknown backbone family {name!r}; choose one of {sorted(families)}")
-    return families[name]
-
-
-def family_of_transformer(class_name: str) -> Family | None:
-    return next((f for f in _families().values() if f.transformer_class == class_name), None)
+    def build_tiny(self):
+        """A tiny random diffusers I2V pipeline of the family (`vap.training.tiny.make_tiny_backbone`)."""
+        raise NotImplementedError

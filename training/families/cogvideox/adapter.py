@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from vap.errors import DataError, ModelError
-from vap.training.families import Family, Stream, TrainingInputs
+from vap.errors import ModelError
+from vap.training.families.base import Family, Stream, TrainingInputs, batch_tensor, check_same_grid
+from vap.training.families.cogvideox.encoder import CogVideoXEncoder
 from vap.training.rope import Positions, axis_tables
-
-
-def batch_tensor(batch: dict, key: str, device, dtype) -> torch.Tensor:
-    if key not in batch:
-        raise DataError(f"batch has no '{key}' (has {sorted(batch)}); rebuild the shards for this family")
-    return torch.as_tensor(batch[key]).to(device=device, dtype=dtype)
-
-
-def check_same_grid(target: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Shard-layout latents [B, C, F, h, w]: all but the frame count must agree."""
-    if target.shape[:2] != reference.shape[:2] or target.shape[3:] != reference.shape[3:]:
-        raise DataError(f"{what}: reference latents {tuple(reference.shape)} do not match target latents "
-                        f"{tuple(target.shape)} in batch, channels or resolution; encode both at one size")
 
 
 class CogVideoX(Family):
     name = "cogvideox"
+    encoder = CogVideoXEncoder
     transformer_class = "CogVideoXTransformer3DModel"
     frame_axis = 1
     channel_axis = 2
@@ -153,9 +142,14 @@ class CogVideoX(Family):
     def objective(self, backbone: str):
         from diffusers import CogVideoXDDIMScheduler
 
-        from vap.training.families import MODEL_FILES, resolve_backbone
-        from vap.training.objectives import VPredictionObjective
+        from vap.training.families.base import MODEL_FILES, resolve_backbone
+        from vap.training.families.cogvideox.objective import VPredictionObjective
 
         local = resolve_backbone(backbone, MODEL_FILES)
         scheduler = CogVideoXDDIMScheduler.from_pretrained(local, subfolder="scheduler")
         return VPredictionObjective(self, scheduler)
+
+    def build_tiny(self):
+        from vap.training.families.cogvideox.tiny import build
+
+        return build()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from vap.errors import DataError, ModelError
-from vap.training.cogvideox import batch_tensor, check_same_grid
-from vap.training.families import Family, Stream, TrainingInputs
+from vap.training.families.base import Family, Stream, TrainingInputs, batch_tensor, check_same_grid
+from vap.training.families.wan.encoder import WanEncoder
 from vap.training.rope import Positions, axis_tables
 
 TEXT_TOKENS = 512  # umT5 context length of the Wan pipelines
@@ -29,6 +29,7 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 class Wan(Family):
     name = "wan"
+    encoder = WanEncoder
     transformer_class = "WanTransformer3DModel"
     frame_axis = 2
     channel_axis = 1
@@ -144,9 +145,14 @@ class Wan(Family):
     def objective(self, backbone: str):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from vap.training.families import MODEL_FILES, resolve_backbone
-        from vap.training.objectives import FlowMatchingObjective
+        from vap.training.families.base import MODEL_FILES, resolve_backbone
+        from vap.training.families.wan.objective import FlowMatchingObjective
 
         local = resolve_backbone(backbone, MODEL_FILES)
         config = FlowMatchEulerDiscreteScheduler.load_config(local, subfolder="scheduler")
         return FlowMatchingObjective(self, config)
+
+    def build_tiny(self):
+        from vap.training.families.wan.tiny import build
+
+        return build()

@@ -136,3 +136,35 @@ def test_rebuild_after_a_corrupt_shard_is_not_shadowed_by_the_cached_copy(tiny_b
     rebuilt = build_snapshot(spec, progress=False, force=True)  # the fix the error recommends
     assert rebuilt.id == built.id
     assert read_all() == stored_pairs(rebuilt.uri, "train")  # same cache folder, the rebuilt shards
+
+
+def test_the_s3_endpoint_dying_mid_build_is_one_line(tiny_backbones, source, tmp_path, monkeypatch):
+    import boto3
+    from conftest import free_port
+    from moto.server import ThreadedMotoServer
+
+    from vap.errors import StorageError
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # our own: this test stops it
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL": url, "S3_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="dying")
+    spec = make_spec(tiny_backbones["cogvideox"], str(source), "s3://dying/vap-data", frames=5)
+    real_sample, calls = build_mod._sample, []
+
+    def die_in_second_part(pair, cache):
+        calls.append(1)
+        if len(calls) == 6:
+            server.stop()
+        return real_sample(pair, cache)
+
+    monkeypatch.setattr(build_mod, "_sample", die_in_second_part)
+    try:
+        with pytest.raises(StorageError, match=rf"cannot reach S3 endpoint {url}; start it or set AWS_ENDPOINT_URL"):
+            build_snapshot(spec, progress=False)
+    finally:
+        server.stop()

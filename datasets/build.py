@@ -73,6 +73,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     `force` rebuilds even when a complete snapshot with the same id exists.
     """
     data = spec.data
+    storage.probe_writable(data.shards)  # before minutes of validation and encoding, not after
     backbone = backbone_folder(spec.model.backbone)
     quick = None if force else unchanged_source_key(spec, backbone)
     if quick:

@@ -168,3 +168,16 @@ def test_the_s3_endpoint_dying_mid_build_is_one_line(tiny_backbones, source, tmp
             build_snapshot(spec, progress=False)
     finally:
         server.stop()
+
+
+def test_unwritable_shards_fail_before_any_clip_is_read(tiny_backbones, source, tmp_path, monkeypatch):
+    from vap.errors import StorageError
+
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("must not validate clips"))
+    (tmp_path / "file").write_text("a file where the shards folder should be")
+    for shards in (str(tmp_path / "file" / "shards"), "/sys/vap-test-shards" if os.geteuid() == 0 else None):
+        if shards is None:
+            continue
+        spec = make_spec(tiny_backbones["cogvideox"], str(source), shards, frames=5)
+        with pytest.raises(StorageError, match=rf"{shards}/.vap-write-probe-\d+: cannot write"):
+            build_snapshot(spec, progress=False)

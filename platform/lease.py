@@ -32,7 +32,7 @@ from vap.errors import LeaseError, StorageError
 log = logging.getLogger(__name__)
 
 LEASE = ".vap-lease.json"
-TTL = 300.0  # seconds a lease outlives its holder's last renewal
+TTL = 90.0  # seconds a lease outlives its holder's last renewal (a restarted job waits at most this)
 _DELETE = object()  # what a decision returns to remove the lease
 
 

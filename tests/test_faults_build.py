@@ -181,3 +181,16 @@ def test_unwritable_shards_fail_before_any_clip_is_read(tiny_backbones, source, 
         spec = make_spec(tiny_backbones["cogvideox"], str(source), shards, frames=5)
         with pytest.raises(StorageError, match=rf"{shards}/.vap-write-probe-\d+: cannot write"):
             build_snapshot(spec, progress=False)
+
+
+def test_vap_data_verify_of_a_short_snapshot_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from vap.cli import main
+
+    _short_snapshot(tmp_path / "abc")
+    monkeypatch.setattr(sys, "argv", ["vap", "data", "verify", "abc", "--shards", str(tmp_path), "--no-progress"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "train shards hold 3 pairs but index.json counts 4" in err[0]

@@ -240,7 +240,8 @@ def p4_precomputed_vs_on_the_fly(work: Path, steps: int, rounds: int) -> dict:
             i += 1
             sample = {"pair_id": pair.id}
             for role, clip in (("target", pair.target), ("reference", pair.reference)):
-                video = read_clip(read_bytes(clip.uri), frames=d.frames, fps=d.fps, height=d.height, width=d.width)
+                video = read_clip(read_bytes(clip.uri), frames=d.frames, fps=d.fps, height=d.height, width=d.width,
+                                      window=d.time_window)
                 for name, value in encoder.encode_clip(video).items():
                     sample[f"{role}_{name}"] = value
                 sample[f"{role}_text"] = encoder.encode_text([clip.caption])[0]

@@ -251,7 +251,7 @@ class _ClipCache:
             return self.items[clip.id]
         d = self.data
         video = read_clip(storage.read_bytes(clip.uri), frames=d.frames, fps=d.fps, height=d.height,
-                          width=d.width, name=clip.uri)
+                          width=d.width, window=d.time_window, name=clip.uri)
         cols = self.encoder.encode_clip(video)
         cols["text"] = self.encoder.encode_text([clip.caption])[0]
         self.encoded += 1
@@ -289,7 +289,7 @@ def _fingerprint(clip: Clip, digest: str) -> dict:
 
 def _settings(spec: JobSpec, backbone: Path, result: IngestResult | None) -> dict:
     d = spec.data
-    keys = ("frames", "fps", "height", "width", "text_len", "min_alignment", "seed", "refs_per_target",
+    keys = ("frames", "fps", "time_window", "height", "width", "text_len", "min_alignment", "seed", "refs_per_target",
             "val_fraction", "unseen_conditions", "pairs_per_part")
     settings = {"data": {k: getattr(d, k) for k in keys}, "family": spec.model.family,
                 "backbone": backbone_identity(spec.model.backbone, backbone)}

@@ -1,7 +1,7 @@
 """Preprocess clips and encode them the way the family's image-to-video pipeline does.
 
-`read_clip` decodes an mp4 (PyAV), resamples it to the spec's frame rate and frame count and
-resizes / centre-crops it to the spec's resolution. `ClipEncoder` turns the result into the
+`read_clip` decodes an mp4 (PyAV), resamples it to the spec's frame rate and frame count over
+the spec's time window and resizes / centre-crops it to the spec's resolution, frame by frame. `ClipEncoder` turns the result into the
 shard columns of docs/CONTRACTS.md, mirroring diffusers' `CogVideoXImageToVideoPipeline` and
 `WanImageToVideoPipeline` (`prepare_latents`, `encode_prompt`, `encode_image`). Everything a
 family does differently lives in its small subclass, in the family's folder
@@ -26,9 +26,22 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- preprocessing
 
-def sample_times(frames: int, fps: float) -> np.ndarray:
-    """Times (s, from the first frame) of the `frames` output frames at `fps`."""
-    return np.arange(frames) / fps
+TIME_WINDOWS = ("evenly", "head")
+
+
+def sample_times(frames: int, fps: float, duration: float | None = None, window: str = "evenly") -> np.ndarray:
+    """Times (s, from the first frame) of the `frames` output frames.
+
+    `head`: the first `frames` frames at `fps`. `evenly` (the authors', in training and at
+    inference): the clip resampled to `fps`, then `frames` of those frames taken evenly over its
+    whole `duration`, first and last included; a clip without more frames than that is `head`.
+    """
+    if window not in TIME_WINDOWS:
+        raise DataError(f"time window {window!r} is not known; use one of {list(TIME_WINDOWS)}")
+    if window == "head" or duration is None:
+        return np.arange(frames) / fps
+    available = max(frames, int(np.ceil(duration * fps - 1e-6)))  # frames on screen at fps
+    return np.round(np.linspace(0, available - 1, frames)) / fps
 
 
 def clip_duration(data: bytes) -> float:
@@ -41,47 +54,63 @@ def clip_duration(data: bytes) -> float:
         return float(container.duration or 0) / av.time_base
 
 
-def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, name: str = "clip") -> np.ndarray:
+def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, window: str = "evenly",
+              name: str = "clip") -> np.ndarray:
     """Decode `data` (an mp4's bytes) into `frames` RGB frames at `fps`, `height`×`width`.
 
     Each output frame is the source frame shown at that time (the latest one starting at or
-    before it), so resampling never blends frames. Raises DataError when the clip is shorter
-    than (frames − 1) / fps seconds. Returns uint8 [F, H, W, 3].
+    before it), so resampling never blends frames; `window` picks the times (`sample_times`).
+    Frames are scaled and cropped one at a time as they are decoded, straight from the decoder's
+    format to uint8 RGB at the output size, so memory is the output plus one frame, whatever the
+    source resolution. Raises DataError when the clip is shorter than (frames − 1) / fps
+    seconds. Returns uint8 [F, H, W, 3].
     """
-    wanted = sample_times(frames, fps)
-    picked: list[np.ndarray] = []
+    out = np.empty((frames, height, width, 3), np.uint8)
+    n = 0
     try:
+        wanted = sample_times(frames, fps, clip_duration(data) if window != "head" else None, window)
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or fps)
             start = prev_time = None
-            prev = None  # (frame, its RGB array once converted): only picked frames are converted
+            prev = None  # (frame, its output array once converted): only picked frames are converted
             for frame in container.decode(stream):
                 t = float(frame.time if frame.time is not None else 0.0)
                 start = t if start is None else start
                 t -= start
-                while prev is not None and len(picked) < frames and wanted[len(picked)] < t - 1e-6:
-                    picked.append(_rgb(prev))
-                if len(picked) == frames:
+                while prev is not None and n < frames and wanted[n] < t - 1e-6:
+                    out[n], n = _scaled(prev, height, width), n + 1
+                if n == frames:
                     break
                 prev, prev_time = [frame, None], t
             # The last source frame stays on screen for one frame duration.
-            while prev is not None and len(picked) < frames and wanted[len(picked)] < prev_time + frame_dur - 1e-6:
-                picked.append(_rgb(prev))
+            while prev is not None and n < frames and wanted[n] < prev_time + frame_dur - 1e-6:
+                out[n], n = _scaled(prev, height, width), n + 1
     except (av.FFmpegError, IndexError) as err:
         raise DataError(f"{name}: cannot decode ({err}); re-encode it as mp4 (H.264)") from None
-    if len(picked) < frames:
+    if n < frames:
         have = 0.0 if prev_time is None else prev_time + frame_dur
         raise DataError(
             f"{name}: {have:.2f}s long, {frames} frames at {fps:g} fps need more than {(frames - 1) / fps:.2f}s; "
             "use longer clips or lower data.frames / raise data.fps"
         )
-    return resize_crop(np.stack(picked), height, width)
+    return out
 
 
-def _rgb(entry: list) -> np.ndarray:
+def _cover(h: int, w: int, height: int, width: int) -> tuple[tuple[int, int], int, int]:
+    """The size that covers height×width with the aspect kept, and the centre crop's top, left."""
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    return size, (size[0] - height) // 2, (size[1] - width) // 2
+
+
+def _scaled(entry: list, height: int, width: int) -> np.ndarray:
+    """A decoded frame scaled to cover height×width (swscale, area-averaged) and centre-cropped."""
     if entry[1] is None:
-        entry[1] = entry[0].to_ndarray(format="rgb24")
+        frame = entry[0]
+        (h, w), top, left = _cover(frame.height, frame.width, height, width)
+        rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+        entry[1] = rgb[top:top + height, left:left + width]
     return entry[1]
 
 
@@ -90,11 +119,9 @@ def resize_crop(video: np.ndarray, height: int, width: int) -> np.ndarray:
     f, h, w, _ = video.shape
     if (h, w) == (height, width):
         return video
-    scale = max(height / h, width / w)
-    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    size, top, left = _cover(h, w, height, width)
     x = torch.from_numpy(video).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
     x = x[:, :, top:top + height, left:left + width]
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

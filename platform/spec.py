@@ -87,6 +87,10 @@ class DataSpec(_Strict):
     )
     snapshot: str = Field("latest", description="Snapshot id to train on, or 'latest'.")
     frames: int = Field(9, ge=1, description="Video frames per clip after resampling (paper: 49).")
+    time_window: Literal["evenly", "head"] = Field(
+        "evenly", description="Which frames of a clip: evenly = `frames` of its frames at `fps` spread over the whole "
+        "clip, first and last included (the authors', in training and at inference); head = its first `frames`."
+    )
     fps: float = Field(8.0, gt=0, description="Frame rate clips are resampled to (paper: 16).")
     height: int = Field(32, ge=8, multiple_of=8, description="Clip height in pixels (paper: 480).")
     width: int = Field(32, ge=8, multiple_of=8, description="Clip width in pixels (paper: 720 / 832).")

@@ -23,9 +23,9 @@ def levels(video: np.ndarray) -> list[int]:
 
 def test_resample_picks_the_frame_on_screen_at_each_time():
     data = ramp_clip(20, fps=10)
-    assert levels(read_clip(data, frames=5, fps=5, height=32, width=32)) == [0, 2, 4, 6, 8]
+    assert levels(read_clip(data, frames=5, fps=5, height=32, width=32, window="head")) == [0, 2, 4, 6, 8]
     # Upsampling repeats frames instead of blending them.
-    assert levels(read_clip(data, frames=6, fps=20, height=32, width=32)) == [0, 0, 1, 1, 2, 2]
+    assert levels(read_clip(data, frames=6, fps=20, height=32, width=32, window="head")) == [0, 0, 1, 1, 2, 2]
 
 
 def test_too_short_clip_is_an_error_naming_it():

@@ -47,6 +47,8 @@ def generate(
     tracking_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (models:/)."),
     frames: int = typer.Option(49, help="Video frames (4k+1)."),
     fps: float = typer.Option(16.0, help="Frame rate of the reference sampling and of the output."),
+    time_window: str = typer.Option("evenly", help="Reference frames: evenly over the whole clip (as trained, "
+                                                   "data.time_window) or head (its first FRAMES)."),
     height: int = typer.Option(480, help="Output height in pixels."),
     width: int = typer.Option(720, help="Output width in pixels (Wan: 832)."),
     steps: int = typer.Option(50, help="Denoising steps."),
@@ -61,6 +63,7 @@ def generate(
     from vap.training.generate import generate as run
 
     typer.echo(run(model, image, prompt, reference, reference_prompt, out, backbone=backbone,
-                   tracking_uri=tracking_uri, frames=frames, fps=fps, height=height, width=width, steps=steps,
+                   tracking_uri=tracking_uri, frames=frames, fps=fps, time_window=time_window, height=height,
+                   width=width, steps=steps,
                    guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,
                    negative_prompt=negative_prompt, seed=seed, reference_attention=reference_attention))

@@ -79,7 +79,8 @@ def read_image(uri: str):
 
 def generate(model: str, image: str, prompt: str, reference: str, reference_prompt: str, out: str, *,
              backbone: str | None = None, tracking_uri: str | None = None, frames: int = 49, fps: float = 16.0,
-             height: int = 480, width: int = 720, steps: int = 50, guidance_scale: float = 6.0,
+             time_window: str = "evenly", height: int = 480, width: int = 720, steps: int = 50,
+             guidance_scale: float = 6.0,
              reference_guidance_scale: float = 0.0, negative_prompt: str = "", seed: int = 0,
              reference_attention: str | None = None, progress: bool = True) -> str:
     """Generate a video and write it as an mp4 to `out` (path or URI); returns `out`."""
@@ -93,7 +94,7 @@ def generate(model: str, image: str, prompt: str, reference: str, reference_prom
     pipe = VAPPipeline.from_expert(expert.folder, backbone=backbone or expert.backbone,
                                    reference_attention=reference_attention)
     ref = read_clip(storage.read_bytes(reference), frames=frames, fps=fps, height=height, width=width,
-                    name=reference)
+                    window=time_window, name=reference)
     result = pipe(read_image(image), prompt, ref, reference_prompt, negative_prompt=negative_prompt,
                   height=height, width=width, num_frames=frames, num_inference_steps=steps,
                   guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,

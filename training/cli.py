@@ -49,13 +49,19 @@ def generate(
     fps: float = typer.Option(16.0, help="Frame rate of the reference sampling and of the output."),
     time_window: str = typer.Option("evenly", help="Reference frames: evenly over the whole clip (as trained, "
                                                    "data.time_window) or head (its first FRAMES)."),
-    height: int = typer.Option(480, help="Output height in pixels."),
-    width: int = typer.Option(720, help="Output width in pixels (Wan: 832)."),
+    height: int = typer.Option(None, help="Output height in pixels (default: the family's, 480)."),
+    width: int = typer.Option(None, help="Output width in pixels (default: the family's, CogVideoX 720, Wan 832)."),
     steps: int = typer.Option(50, help="Denoising steps."),
-    guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance (captions dropped, reference kept)."),
+    guidance_scale: float = typer.Option(
+        None, help="Classifier-free guidance (negative prompts, reference kept); default the family's: "
+                   "CogVideoX 6, Wan 5."),
+    dynamic_cfg: bool = typer.Option(None, "--dynamic-cfg/--no-dynamic-cfg",
+                                     help="Ramp the guidance over the steps (default: CogVideoX yes, Wan no)."),
     reference_guidance_scale: float = typer.Option(
         0.0, help="Extra push toward the reference (with vs without it); raise it if the reference is ignored."),
-    negative_prompt: str = typer.Option("", help="Negative caption for guidance."),
+    negative_prompt: str = typer.Option(None, help="Negative caption of the target (default: the authors')."),
+    reference_negative_prompt: str = typer.Option(
+        None, help="Negative caption of the reference in the unconditional branch (default: the authors')."),
     seed: int = typer.Option(0, help="Noise seed."),
     reference_attention: str = typer.Option(None, help="joint or one_way (default: what the expert was trained with)."),
 ) -> None:
@@ -66,4 +72,5 @@ def generate(
                    tracking_uri=tracking_uri, frames=frames, fps=fps, time_window=time_window, height=height,
                    width=width, steps=steps,
                    guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,
-                   negative_prompt=negative_prompt, seed=seed, reference_attention=reference_attention))
+                   negative_prompt=negative_prompt, reference_negative_prompt=reference_negative_prompt,
+                   dynamic_cfg=dynamic_cfg, seed=seed, reference_attention=reference_attention))

@@ -79,11 +79,16 @@ def read_image(uri: str):
 
 def generate(model: str, image: str, prompt: str, reference: str, reference_prompt: str, out: str, *,
              backbone: str | None = None, tracking_uri: str | None = None, frames: int = 49, fps: float = 16.0,
-             time_window: str = "evenly", height: int = 480, width: int = 720, steps: int = 50,
-             guidance_scale: float = 6.0,
-             reference_guidance_scale: float = 0.0, negative_prompt: str = "", seed: int = 0,
-             reference_attention: str | None = None, progress: bool = True) -> str:
-    """Generate a video and write it as an mp4 to `out` (path or URI); returns `out`."""
+             time_window: str = "evenly", height: int | None = None, width: int | None = None, steps: int = 50,
+             guidance_scale: float | None = None, reference_guidance_scale: float = 0.0,
+             negative_prompt: str | None = None, reference_negative_prompt: str | None = None,
+             dynamic_cfg: bool | None = None, seed: int = 0, reference_attention: str | None = None,
+             progress: bool = True) -> str:
+    """Generate a video and write it as an mp4 to `out` (path or URI); returns `out`.
+
+    None for height, width, guidance_scale, the negative prompts or dynamic_cfg means the
+    family's default, the authors' (`Family.generation`: CogVideoX 480×720 g = 6 dynamic, Wan
+    480×832 g = 5, their negative prompt for the target and the reference)."""
     import torch
 
     from vap.datasets.encode import read_clip
@@ -93,11 +98,14 @@ def generate(model: str, image: str, prompt: str, reference: str, reference_prom
     expert = resolve_expert(model, tracking_uri)
     pipe = VAPPipeline.from_expert(expert.folder, backbone=backbone or expert.backbone,
                                    reference_attention=reference_attention)
+    height = height or pipe.family.generation.height
+    width = width or pipe.family.generation.width
     ref = read_clip(storage.read_bytes(reference), frames=frames, fps=fps, height=height, width=width,
                     window=time_window, name=reference)
     result = pipe(read_image(image), prompt, ref, reference_prompt, negative_prompt=negative_prompt,
-                  height=height, width=width, num_frames=frames, num_inference_steps=steps,
-                  guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,
+                  reference_negative_prompt=reference_negative_prompt, height=height, width=width,
+                  num_frames=frames, num_inference_steps=steps, guidance_scale=guidance_scale,
+                  dynamic_cfg=dynamic_cfg, reference_guidance_scale=reference_guidance_scale,
                   generator=torch.Generator().manual_seed(seed), progress=progress)
     storage.write_bytes(out, encode_mp4(result.frames, fps))  # atomic, local or s3
     log.info("wrote %s (%d frames, %dx%d)", out, len(result.frames), width, height)

@@ -5,10 +5,15 @@ that built the training shards (`vap.datasets.encode.ClipEncoder`) and laid out 
 `training_inputs`, so inference sees exactly the training format; the loop itself is
 family-neutral.
 
-Guidance: classifier-free guidance as the paper trains for it — the unconditional branch drops
-both captions and keeps the reference video. `reference_guidance_scale` adds a second term that
-pushes along (with reference − without reference), for users whose reference is being ignored:
+Guidance (`guide`, the one formula): classifier-free guidance as the authors sample — the
+unconditional branch gives the target its negative prompt *and* the reference its negative prompt,
+and keeps the reference video (latents, first-frame latent, Wan's CLIP embedding).
+`reference_guidance_scale` adds a second term that pushes along (with reference − without
+reference), for users whose reference is being ignored:
     ε = ε_uncond + g·(ε_cond − ε_uncond) + r·(ε_cond − ε_no_reference)
+CogVideoX ramps g over the steps (dynamic CFG, `dynamic_guidance_scale`). Defaults per family are
+the authors' (`Family.generation`): CogVideoX g = 6 dynamic, Wan g = 5 at 480×832, their negative
+prompt for both streams.
 With `reference_attention="one_way"` the reference stream's keys and values are computed at the
 first step and reused at every later step (`ReferenceCache`).
 """
@@ -16,6 +21,7 @@ first step and reused at every later step (`ReferenceCache`).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,24 @@ log = logging.getLogger(__name__)
 class VAPPipelineOutput:
     frames: np.ndarray | None  # uint8 [F, H, W, 3]
     latents: torch.Tensor  # the denoised latents, in the transformer's layout
+
+
+def dynamic_guidance_scale(guidance_scale: float, t, num_inference_steps: int) -> float:
+    """CogVideoX's dynamic CFG at timestep value `t`, as diffusers' CogVideoX pipelines compute it."""
+    ramp = ((num_inference_steps - float(t)) / num_inference_steps) ** 5.0
+    return 1 + guidance_scale * (1 - math.cos(math.pi * ramp)) / 2
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float,
+          no_reference: torch.Tensor | None = None, reference_guidance_scale: float = 0.0) -> torch.Tensor:
+    """ε = ε_uncond + g·(ε_cond − ε_uncond) + r·(ε_cond − ε_no_reference).
+
+    cond: captions and reference; uncond: negative prompts on both streams, reference kept (None:
+    no classifier-free guidance); no_reference: the caption without the reference stream."""
+    out = cond if uncond is None else uncond + guidance_scale * (cond - uncond)
+    if reference_guidance_scale:
+        out = out + reference_guidance_scale * (cond - no_reference)
+    return out
 
 
 def _frames(video) -> np.ndarray:
@@ -153,14 +177,15 @@ class VAPPipeline:
         prompt: str,
         reference_video,
         reference_prompt: str,
-        negative_prompt: str = "",
-        reference_negative_prompt: str = "",
+        negative_prompt: str | None = None,
+        reference_negative_prompt: str | None = None,
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 6.0,
+        guidance_scale: float | None = None,
         reference_guidance_scale: float = 0.0,
+        dynamic_cfg: bool | None = None,
         generator: torch.Generator | None = None,
         cache_reference: bool = True,
         progress: bool = False,
@@ -170,8 +195,12 @@ class VAPPipeline:
 
         image: uint8 [H, W, 3] (or PIL); reference_video: uint8 [F, H, W, 3] (or PIL frames),
         resized/cropped to height × width (default: the reference's); num_frames must equal the
-        reference's frame count. reference_video=None runs the backbone alone (plain I2V). guidance_scale ≤ 1 turns classifier-free guidance off;
-        reference_guidance_scale > 0 strengthens the reference (one more forward per step).
+        reference's frame count. reference_video=None runs the backbone alone (plain I2V).
+        negative_prompt / reference_negative_prompt: the unconditional branch's captions for the target
+        and the reference (None: the family's, the authors' negative prompt). guidance_scale: None =
+        the family's (CogVideoX 6, Wan 5); ≤ 1 turns classifier-free guidance off. dynamic_cfg: ramp
+        it over the steps as CogVideoX does (None: the family's). reference_guidance_scale > 0
+        strengthens the reference (one more forward per step).
         cache_reference: reuse the reference keys/values across steps (one_way models only).
         output_type: "np" decodes frames; "latent" skips the VAE decode.
         """
@@ -195,6 +224,12 @@ class VAPPipeline:
         self.encoder.check_frames(num_frames)
         image = resize_crop(image[None], height, width)[0]
 
+        defaults = self.family.generation
+        negative_prompt = defaults.negative_prompt if negative_prompt is None else negative_prompt
+        reference_negative_prompt = (defaults.reference_negative_prompt if reference_negative_prompt is None
+                                     else reference_negative_prompt)
+        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        dynamic_cfg = defaults.dynamic_cfg if dynamic_cfg is None else dynamic_cfg
         cfg = guidance_scale > 1.0
         prompts = [negative_prompt, prompt] if cfg else [prompt]
         ref_prompts = [reference_negative_prompt, reference_prompt] if cfg else [reference_prompt]
@@ -223,14 +258,14 @@ class VAPPipeline:
                 hidden_states=torch.cat([x.expand(n, *x.shape[1:]), inputs.condition], axis),
                 timestep=t.expand(n), encoder_hidden_states=inputs.text, **{**target_kwargs, **ref_kwargs},
             ).sample.float()
-            cond = pred[-1:]
-            out = pred[:1] + guidance_scale * (cond - pred[:1]) if cfg else cond
+            no_ref = None
             if reference_guidance_scale:
                 no_ref = self.transformer(
                     hidden_states=torch.cat([x, inputs.condition[-1:]], axis), timestep=t.expand(1),
                     encoder_hidden_states=inputs.text[-1:], **{k: v[-1:] for k, v in target_kwargs.items()},
                 ).sample.float()
-                out = out + reference_guidance_scale * (cond - no_ref)
+            g = dynamic_guidance_scale(guidance_scale, t, num_inference_steps) if dynamic_cfg else guidance_scale
+            out = guide(pred[-1:], pred[:1] if cfg else None, g, no_ref, reference_guidance_scale)
             latents = self.scheduler.step(out, t, latents, return_dict=False)[0]
 
         if output_type == "latent":

@@ -61,6 +61,28 @@ def resolve_backbone(backbone: str, patterns: list[str] | None = None) -> str:
                          f"repo ({type(err).__name__}); check the name, or download it and give its path") from None
 
 
+# The authors' negative prompt, for the target and for the reference caption alike (their CogVideoX
+# and Wan MoT pipelines' default; Wan's own pipeline example uses it too).
+AUTHORS_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
+    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
+    "background, three legs, many people in the background, walking backwards"
+)
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What the authors' inference script for the family passes (used when a caller gives nothing)."""
+
+    guidance_scale: float
+    dynamic_cfg: bool  # CogVideoX's cosine ramp of the guidance scale over the steps
+    height: int
+    width: int
+    negative_prompt: str = AUTHORS_NEGATIVE_PROMPT
+    reference_negative_prompt: str = AUTHORS_NEGATIVE_PROMPT
+
+
 MODEL_FILES = ["transformer/*", "scheduler/*"]  # what the VAP transformer and the objectives read
 
 
@@ -82,6 +104,7 @@ class Family:
 
     name: str
     encoder: type  # its `vap.datasets.encode.ClipEncoder` subclass (the shard columns; inverse of `decode`)
+    generation: GenerationDefaults  # the authors' guidance and resolution for the family
     transformer_class: str  # diffusers class name in transformer/config.json
     frame_axis: int  # the time axis of the transformer's latent input (CogVideoX 1, Wan 2)
     channel_axis: int

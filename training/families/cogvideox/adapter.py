@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from vap.errors import ModelError
-from vap.training.families.base import Family, Stream, TrainingInputs, batch_tensor, check_same_grid
+from vap.training.families.base import (
+    Family,
+    GenerationDefaults,
+    Stream,
+    TrainingInputs,
+    batch_tensor,
+    check_same_grid,
+)
 from vap.training.families.cogvideox.encoder import CogVideoXEncoder
 from vap.training.rope import Positions, axis_tables
 
@@ -19,6 +26,7 @@ from vap.training.rope import Positions, axis_tables
 class CogVideoX(Family):
     name = "cogvideox"
     encoder = CogVideoXEncoder
+    generation = GenerationDefaults(guidance_scale=6.0, dynamic_cfg=True, height=480, width=720)
     transformer_class = "CogVideoXTransformer3DModel"
     frame_axis = 1
     channel_axis = 2

@@ -4,7 +4,8 @@ Latents are [B, C, F, H, W]; the I2V input is noisy latents + a first-frame mask
 the condition video (first frame, then zeros), concatenated on channels. Text is not in the
 self-attention: only self-attention is joint, cross-attention stays per stream (the reference
 attends to its own caption and its first frame's CLIP embedding). The expert's timestep is a
-fixed clean t = 0. The modulation tables are read outside their module's forward, so ZeRO-3 is
+fixed clean t = 1, as the authors train and sample it (the last of the scheduler's sigmas,
+0.001 × 1000; their pipeline passes 1). The modulation tables are read outside their module's forward, so ZeRO-3 is
 told about them (`direct_params`).
 """
 
@@ -13,7 +14,14 @@ from __future__ import annotations
 import torch
 
 from vap.errors import DataError, ModelError
-from vap.training.families.base import Family, Stream, TrainingInputs, batch_tensor, check_same_grid
+from vap.training.families.base import (
+    Family,
+    GenerationDefaults,
+    Stream,
+    TrainingInputs,
+    batch_tensor,
+    check_same_grid,
+)
 from vap.training.families.wan.encoder import WanEncoder
 from vap.training.rope import Positions, axis_tables
 
@@ -30,6 +38,7 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 class Wan(Family):
     name = "wan"
     encoder = WanEncoder
+    generation = GenerationDefaults(guidance_scale=5.0, dynamic_cfg=False, height=480, width=832)
     transformer_class = "WanTransformer3DModel"
     frame_axis = 2
     channel_axis = 1
@@ -102,6 +111,10 @@ class Wan(Family):
         x = backbone.proj_out(x)
         x = x.reshape(b, f // p_t, h // p_h, w // p_w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def reference_timestep(self, timestep, mode):
+        # the authors' clean reference: t = 1 (σ = 0.001) in training and at inference, in every mode
+        return torch.ones_like(timestep)
 
     # --- training ----------------------------------------------------------------------------
     @staticmethod

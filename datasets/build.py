@@ -53,10 +53,23 @@ def read_inputs(spec: JobSpec, progress: bool = True) -> Inputs:
     result = ingest(data.source, min_alignment=data.min_alignment, clip_root=data.clip_root, progress=progress)
     digests = _hash_clips(result, (data.frames - 1) / data.fps, progress)
     if not result.clips:
-        raise DataError(f"{data.source}: no usable clips ({result.reasons()}); fix the input (see the reasons logged above)")
+        where = quarantine_report(spec, result, {})
+        raise DataError(f"{data.source}: no usable clips ({result.reasons()}); fix the input (every row and its "
+                        f"reason: {where}/quarantine.csv)")
     pairs = make_pairs(result.clips, seed=data.seed, refs_per_target=data.refs_per_target,
                        val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions)
     return Inputs(result, digests, pairs)
+
+
+QUARANTINE = "quarantine"  # <data.shards>/quarantine/: the report of the last build that made no snapshot
+
+
+def quarantine_report(spec: JobSpec, result: IngestResult, pairs: dict) -> str:
+    """Write the dataset report of a build that stops before its snapshot (rows rejected are never
+    lost without a report); returns its URI."""
+    uri = storage.join(spec.data.shards, QUARANTINE)
+    _write_report(result, pairs, uri)
+    return uri
 
 
 def source_report(spec: JobSpec, out_dir: str | Path, progress: bool = True) -> dict:
@@ -86,6 +99,8 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     inputs = read_inputs(spec, progress)
     result, digests, pairs = inputs.result, inputs.digests, inputs.pairs
     if not pairs["train"]:
+        if result.rejected:
+            log.warning("quarantined rows: %s/quarantine.csv", quarantine_report(spec, result, pairs))
         raise DataError(no_train_pairs(data.source, len(result.clips), data.unseen_conditions, data.val_fraction))
     sid, settings = identify(spec, inputs, backbone)
     root = storage.join(data.shards, sid)

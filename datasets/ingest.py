@@ -10,7 +10,9 @@ JSONL: one object per line with `video`, `caption`, `condition` and optionally `
 `split`, `alignment_score`, `refs`. Relative clip paths are relative to the manifest's folder;
 every clip must lie under the data root (that folder, or the spec's `data.clip_root`).
 A condition's category comes from the row, else from `categories.json` ({condition: category})
-beside the manifest, else from the synthetic generator's table.
+beside the manifest, else from the synthetic generator's table, else from the condition's name
+(`infer_category`: "zoom_in" is camera), else it is `uncategorized`: the rows are kept (VAP-Data's
+CSV has no category column) and one warning says how many and how to map them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from rich.progress import track
 
 from vap import storage
-from vap.datasets.records import CATEGORIES, Clip, IngestResult, Rejected
+from vap.datasets.records import CATEGORIES, UNCATEGORIZED, Clip, IngestResult, Rejected
 from vap.datasets.synth import SYNTH_CATEGORIES
 from vap.datasets.validate import check_clip
 from vap.errors import DataError
@@ -70,7 +72,10 @@ def ingest(source: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: 
     text = _read_text(manifest)
     result = IngestResult()
     raw = _parse_jsonl(text, name, result) if name.endswith(".jsonl") else _parse_csv(text, name)
-    table = {**SYNTH_CATEGORIES, **_category_file(root)}
+    # a condition some rows label gives its category to the rows that do not
+    labelled = {r.condition: r.category.lower() for r in raw if r.condition and r.category}
+    table = {**SYNTH_CATEGORIES, **labelled, **_category_file(root)}
+    table.update(_unmapped_categories(raw, table, name))
     rows = [r for r in (_check_labels(r, table, min_alignment, result) for r in raw) if r]
     allowed = storage.parse_uri(clip_root).uri if clip_root else root
     rows = _contain(rows, root, allowed, result)
@@ -207,6 +212,49 @@ def _category_file(root: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in table.items()}
 
 
+# Words in a condition's name that say its category (VAP-Data's `kind` values are such names).
+CATEGORY_WORDS = {
+    "camera": {"camera", "zoom", "pan", "tilt", "dolly", "orbit", "crane", "truck", "pedestal", "tracking", "arc",
+               "handheld", "rotate", "rotation", "push", "pull"},
+    "style": {"style", "anime", "cartoon", "ghibli", "painting", "sketch", "watercolor", "pixel", "oil", "clay",
+              "claymation", "ink", "comic", "cyberpunk", "lego", "origami", "vangogh", "impressionism"},
+    "motion": {"dance", "dancing", "walk", "walking", "run", "running", "jump", "jumping", "motion", "spin",
+               "spinning", "wave", "waving", "punch", "kick", "swing", "swim", "fly", "flying"},
+    "concept": {"transform", "transformation", "turn", "turns", "into", "become", "becomes", "melt", "explode",
+                "explosion", "inflate", "dissolve", "statue", "squish", "crush", "cake", "freeze", "burn"},
+}
+
+
+def infer_category(condition: str) -> str | None:
+    """The category a condition's name says (exactly one category's words in it), else None."""
+    words = set(condition.lower().replace("_", " ").replace("-", " ").split())
+    hits = [cat for cat, vocab in CATEGORY_WORDS.items() if words & vocab]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _unmapped_categories(rows: list[_Row], table: dict[str, str], manifest: str) -> dict[str, str]:
+    """Categories for the conditions neither a row nor the table labels: inferred from the name,
+    else `uncategorized` — with one warning naming the count and how to map them."""
+    unlabelled: dict[str, int] = {}
+    for r in rows:
+        if r.condition and not r.category and r.condition not in table:
+            unlabelled[r.condition] = unlabelled.get(r.condition, 0) + 1
+    found = {c: infer_category(c) or UNCATEGORIZED for c in unlabelled}
+    inferred = sorted(c for c, cat in found.items() if cat != UNCATEGORIZED)
+    if inferred:
+        log.info("%s: categories of %d conditions inferred from their names: %s", manifest, len(inferred),
+                 ", ".join(f"{c}={found[c]}" for c in inferred[:10]) + (" …" if len(inferred) > 10 else ""))
+    missing = sorted(c for c, cat in found.items() if cat == UNCATEGORIZED)
+    if missing:
+        example = json.dumps({missing[0]: CATEGORIES[0]})
+        log.warning("%s: %d rows of %d conditions have no category (%s); kept as '%s'. To report them by category, "
+                    "map each condition in %s beside the manifest, e.g. %s, or add a category column",
+                    manifest, sum(unlabelled[c] for c in missing), len(missing),
+                    ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""), UNCATEGORIZED, CATEGORY_FILE,
+                    example)
+    return found
+
+
 def _check_labels(row: _Row, table: dict[str, str], min_alignment: float | None, result: IngestResult) -> _Row | None:
     """The row with its category filled in, or None after recording why it is unusable."""
     def reject(reason: str, fix: str) -> None:
@@ -218,11 +266,8 @@ def _check_labels(row: _Row, table: dict[str, str], min_alignment: float | None,
         return reject("missing_caption", f"{row.path} has no caption; write one (tar_video_caption / caption)")
     if not row.condition:
         return reject("missing_condition", f"{row.path} has no condition label; fill in kind / condition")
-    category = (row.category or table.get(row.condition, "")).lower()
-    if not category:
-        return reject("missing_category", f"condition '{row.condition}' has no known category; add a category column "
-                      f"(one of {', '.join(CATEGORIES)}) or map it in {CATEGORY_FILE} beside the manifest")
-    if category not in CATEGORIES:
+    category = (row.category or table.get(row.condition, "")).lower() or UNCATEGORIZED
+    if category not in CATEGORIES and category != UNCATEGORIZED:
         return reject("bad_category", f"category '{category}' is not one of {', '.join(CATEGORIES)}; fix the label")
     if row.score:
         try:

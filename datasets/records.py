@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CATEGORIES = ("concept", "style", "motion", "camera")
+# A condition whose category is not labelled, mapped (categories.json) or inferable from its name:
+# its clips are kept (pairing needs only the condition) and reported under this category.
+UNCATEGORIZED = "uncategorized"
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,7 @@ class Clip:
     uri: str  # path or s3:// URI of the mp4
     caption: str
     condition: str  # semantic condition label (VAP-Data's `kind`)
-    category: str  # one of CATEGORIES
+    category: str  # one of CATEGORIES, or UNCATEGORIZED
     split: str = "train"
     alignment_score: float | None = None
     refs: tuple[str, ...] = ()  # ids of clips listed as references (VAP-Data `ref_video_paths`)

@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from vap.datasets.records import CATEGORIES, IngestResult, Pair
+from vap.datasets.records import CATEGORIES, UNCATEGORIZED, IngestResult, Pair
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,16 @@ log = logging.getLogger(__name__)
 def build_report(result: IngestResult, pairs: dict[str, list[Pair]]) -> dict:
     """Counts per condition, category and split, quarantine reasons, and clips left unpaired."""
     paired = {clip.id for split in pairs.values() for p in split for clip in (p.target, p.reference)}
+    shown = (*CATEGORIES, UNCATEGORIZED) if any(c.category == UNCATEGORIZED for c in result.clips) else CATEGORIES
     conditions: dict[str, dict] = {}
-    for clip in sorted(result.clips, key=lambda c: (CATEGORIES.index(c.category), c.condition)):
+    for clip in sorted(result.clips, key=lambda c: (shown.index(c.category), c.condition)):
         entry = conditions.setdefault(clip.condition, {"category": clip.category, "clips": 0,
                                                        "pairs": {s: 0 for s in pairs}})
         entry["clips"] += 1
     for split, split_pairs in pairs.items():
         for p in split_pairs:
             conditions[p.target.condition]["pairs"][split] += 1
-    categories = {cat: {"conditions": 0, "clips": 0} for cat in CATEGORIES}
+    categories = {cat: {"conditions": 0, "clips": 0} for cat in shown}
     for entry in conditions.values():
         categories[entry["category"]]["conditions"] += 1
         categories[entry["category"]]["clips"] += entry["clips"]
@@ -67,7 +68,8 @@ def plot_distribution(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    colors = dict(zip(CATEGORIES, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+    colors = dict(zip(report["categories"], ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:gray"),
+                      strict=False))
     names = list(report["conditions"])
     reasons = Counter(report["quarantine"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(6, 0.35 * len(names) + 4), 4),

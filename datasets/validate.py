@@ -26,6 +26,21 @@ class ClipProblem(DataError):
         self.reason = reason
 
 
+# How video containers begin (mp4/mov `ftyp` at byte 4, Matroska/WebM, AVI, FLV, MPEG-TS/PS): a
+# file that begins like one but does not open was cut short; one that does not is not a video.
+def _looks_like_video(head: bytes) -> bool:
+    return (head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip") or head.startswith(b"\x1a\x45\xdf\xa3")
+            or (head.startswith(b"RIFF") and head[8:12] == b"AVI ") or head.startswith(b"FLV")
+            or head[:1] == b"\x47" or head.startswith(b"\x00\x00\x01\xba"))
+
+
+def _head(source) -> bytes:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:16]
+    with open(source, "rb") as f:
+        return f.read(16)
+
+
 def _open(uri: str):
     loc = storage.parse_uri(uri)
     if loc.scheme == "file":
@@ -39,10 +54,16 @@ def _open(uri: str):
             if "no such object" in str(err):
                 raise ClipProblem("missing_file", f"{uri}: no such object; fix the path in the manifest or upload the clip") from None
             raise  # endpoint / credentials: a problem of the whole input, not of this clip
+    head = _head(source)
+    if not head:
+        raise ClipProblem("empty_file", f"{uri}: is empty (0 bytes); copy the clip again")
     try:
         return av.open(source, mode="r")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise ClipProblem("undecodable", f"{uri}: not a readable video, or cut short ({_why(err)}); re-encode or re-copy it (mp4, H.264)") from None
+        if _looks_like_video(head):
+            raise ClipProblem("truncated", f"{uri}: a video file cut short, it does not open ({_why(err)}); "
+                              "copy it again") from None
+        raise ClipProblem("not_a_video", f"{uri}: not a video file ({_why(err)}); list mp4 clips (H.264) only") from None
 
 
 def _why(err: Exception) -> str:

@@ -112,23 +112,23 @@ def test_each_bad_clip_is_quarantined_with_its_reason_and_nothing_else_is_lost(d
     )
     result = ingest(str(dataset), progress=False)
 
-    assert len(result.clips) == N_GOOD
+    # a condition without a known category costs nothing: the row is kept, uncategorized
+    assert len(result.clips) == N_GOOD + 1
+    assert [c.category for c in result.clips if c.condition == "my_own_effect"] == ["uncategorized"]
     by_row = {r.source.split(":row ")[1]: r for r in result.rejected}
     first_bad = N_GOOD + 2  # header is row 1
-    expected = ["undecodable", "truncated", "no_frames", "undecodable", "undecodable", "missing_file",
-                "missing_caption", "missing_caption", "missing_condition", "missing_category",
-                "bad_alignment_score", "duplicate"]
-    assert {int(k): r.reason for k, r in by_row.items()} == {first_bad + i: e for i, e in enumerate(expected)}
+    expected = {0: "truncated", 1: "truncated", 2: "no_frames", 3: "not_a_video", 4: "empty_file",
+                5: "missing_file", 6: "missing_caption", 7: "missing_caption", 8: "missing_condition",
+                10: "bad_alignment_score", 11: "duplicate"}
+    assert {int(k): r.reason for k, r in by_row.items()} == {first_bad + i: e for i, e in expected.items()}
     assert result.reasons() == {
-        "bad_alignment_score": 1, "duplicate": 1, "missing_caption": 2, "missing_category": 1,
-        "missing_condition": 1, "missing_file": 1, "no_frames": 1, "truncated": 1, "undecodable": 3,
+        "bad_alignment_score": 1, "duplicate": 1, "empty_file": 1, "missing_caption": 2, "missing_condition": 1,
+        "missing_file": 1, "no_frames": 1, "not_a_video": 1, "truncated": 2,
     }
     for r in result.rejected:  # each message names the row and says what to do
         assert r.detail.startswith(f"metadata.csv:row {r.source.split(':row ')[1]}: ")
     assert "bad/notes.mp4" in by_row[str(first_bad + 3)].detail
     assert "only" in by_row[str(first_bad + 1)].detail and "of 17 frames" in by_row[str(first_bad + 1)].detail
-    missing_cat = by_row[str(first_bad + 9)].detail
-    assert "my_own_effect" in missing_cat and "category column" in missing_cat and "categories.json" in missing_cat
 
 
 def test_category_from_a_column_or_a_categories_file(dataset):
@@ -144,7 +144,8 @@ def test_category_from_a_column_or_a_categories_file(dataset):
 
     rows = [r for r in _rows(dataset) if r["video_paths"] != "extra.mp4"]
     _write_rows(dataset, rows + [{**rows[0], "video_paths": "extra.mp4", "kind": "my_own_effect"}])
-    assert ingest(str(dataset), progress=False).reasons() == {"missing_category": 1}
+    result = ingest(str(dataset), progress=False)
+    assert result.reasons() == {} and {c.id: c for c in result.clips}["extra"].category == "uncategorized"
     (dataset / "categories.json").write_text(json.dumps({"my_own_effect": "camera"}))
     clips = {c.id: c for c in ingest(str(dataset), progress=False).clips}
     assert clips["extra"].category == "camera"
@@ -180,7 +181,7 @@ def test_a_bad_reference_clip_is_dropped_from_refs(dataset):
     (dataset / rows[1]["video_paths"]).write_text("garbage")
     result = ingest(str(dataset), progress=False)
     clips = {c.id: c for c in result.clips}
-    assert result.reasons() == {"undecodable": 1}
+    assert result.reasons() == {"not_a_video": 1}
     assert clips[rows[0]["video_paths"][:-4]].refs == ()
 
 
@@ -216,10 +217,10 @@ def test_jsonl_manifest_for_users_own_clips(dataset):
     manifest.parent.mkdir()
     manifest.write_text("\n".join(lines) + "\n")
     result = ingest(str(manifest.parent), clip_root=str(dataset), progress=False)  # clips beside mine/
-    assert [c.condition for c in result.clips] == ["wobble"] * 3 and {c.category for c in result.clips} == {"motion"}
+    # the line without a category takes the one other lines give its condition
+    assert [c.condition for c in result.clips] == ["wobble"] * 4 and {c.category for c in result.clips} == {"motion"}
     assert sorted((r.source, r.reason) for r in result.rejected) == [
-        ("clips.jsonl:line 4", "bad_manifest_line"), ("clips.jsonl:line 5", "missing_category"),
-        ("clips.jsonl:line 7", "bad_manifest_line")]
+        ("clips.jsonl:line 4", "bad_manifest_line"), ("clips.jsonl:line 7", "bad_manifest_line")]
 
 
 def test_ingest_from_s3_with_a_missing_object(s3_bucket):
@@ -232,7 +233,7 @@ def test_ingest_from_s3_with_a_missing_object(s3_bucket):
     result = ingest(source, progress=False)
     assert len(result.clips) == N_GOOD and all(c.uri.startswith(f"{source}/videos/") for c in result.clips)
     assert result.reasons() == {"missing_file": 1}
-    assert check_clip(f"{source}/videos/not_a_video.mp4")[1][0] == "undecodable"
+    assert check_clip(f"{source}/videos/not_a_video.mp4")[1][0] == "not_a_video"
 
 
 def test_unreachable_s3_endpoint_raises_storage_error(monkeypatch):

@@ -56,7 +56,7 @@ def test_report_of_a_synthetic_build_with_a_broken_clip(tmp_path):
     broken.write_bytes(broken.read_bytes()[:100])
     result = ingest(str(data), progress=False)
     report = write_report(result, make_pairs(result.clips, seed=0), tmp_path / "report")
-    assert report["clips"]["valid"] == 23 and report["quarantine"] == {"undecodable": 1}
+    assert report["clips"]["valid"] == 23 and report["quarantine"] == {"truncated": 1}
     assert {cat: v["conditions"] for cat, v in report["categories"].items()} == dict.fromkeys(CATEGORIES, 2)
     assert sum(v["clips"] for v in report["conditions"].values()) == 23
 

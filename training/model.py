@@ -262,6 +262,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         if fr % ft:
             raise ModelError(f"reference has {fr} latent frames but the target has {ft}: each reference must "
                              f"have the target's frame count (several references: a multiple of {ft})")
+        fam.check_references(self.config.backbone_config, fr // ft, reference_text)
 
     def _check_cache(self, cache: ReferenceCache, batch: int, computing: bool) -> None:
         if self.config.reference_attention != "one_way":

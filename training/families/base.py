@@ -140,6 +140,12 @@ class Family:
     def check_text(self, config, text: torch.Tensor) -> None:
         """Raise ModelError if caption embeddings cannot work with this backbone."""
 
+    def check_references(self, config, m: int, reference_text: torch.Tensor) -> None:
+        """Raise ModelError unless `m` references (laid along time) with these captions can be used."""
+        if m > 1:
+            raise ModelError(f"{m} references given, but a {self.name} expert takes one reference video (the "
+                             "authors' model supports one); give one reference")
+
     def target_positions(self, config, video_shape) -> Any:
         raise NotImplementedError
 

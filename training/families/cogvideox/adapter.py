@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vap.errors import ModelError
+from vap.errors import DataError, ModelError
 from vap.training.families.base import (
     Family,
     GenerationDefaults,
@@ -66,11 +66,23 @@ class CogVideoX(Family):
         d = config["attention_head_dim"]
         return axis_tables((d // 4, d // 8 * 3, d // 8 * 3), positions, 10000.0, torch.float32)
 
+    def check_references(self, config, m, reference_text) -> None:
+        length = config["max_text_seq_length"]
+        if reference_text.shape[1] != m * length:
+            raise ModelError(f"{m} reference(s) need {m} caption(s) of {length} tokens each ({m * length}), got "
+                             f"{reference_text.shape[1]} tokens; concatenate each reference's caption embedding "
+                             "in the references' order")
+
     def embed(self, mods, video, text, timestep, image_embeds, rope) -> Stream:
+        """Caption + video tokens. m references (m captions after one another, m·F frames) are
+        embedded one by one, as the authors do: each with its own caption and the learned position
+        table of one clip; their text and video tokens are then concatenated in order."""
         temb = mods.time_embedding(mods.time_proj(timestep).to(video.dtype))
-        tokens = mods.patch_embed(text, video)
-        n = text.shape[1]
-        return Stream(video=tokens[:, n:], text=tokens[:, :n], temb=temb, rope=rope)
+        m = max(1, text.shape[1] // mods.patch_embed.max_text_seq_length)
+        n = text.shape[1] // m
+        parts = [mods.patch_embed(t, v) for t, v in zip(text.chunk(m, 1), video.chunk(m, 1), strict=True)]
+        return Stream(video=torch.cat([p[:, n:] for p in parts], 1), text=torch.cat([p[:, :n] for p in parts], 1),
+                      temb=temb, rope=rope)
 
     def block(self, block, s: Stream) -> Stream:
         video, text = block(hidden_states=s.video, encoder_hidden_states=s.text, temb=s.temb,
@@ -126,10 +138,18 @@ class CogVideoX(Family):
                         batch_tensor(batch, "reference_latent", "cpu", None), "cogvideox batch")
         x0 = latents("target_latent")
         ref = latents("reference_latent")
+        # m references along time: each gets its own first-frame latent at its own first frame
+        frames, m = x0.shape[1], max(1, ref.shape[1] // x0.shape[1])
+        ref_images = latents("reference_image_latent")
+        if m > 1 and ref_images.shape[1] != m:
+            raise DataError(f"cogvideox batch: {m} references need {m} first-frame latents, got "
+                            f"{ref_images.shape[1]}; encode each reference's first frame")
+        ref_condition = torch.cat([self.first_frame_condition(ref_images[:, i:i + 1], ref.shape[1] // m)
+                                   for i in range(m)], 1)
         return TrainingInputs(
             x0=x0,
-            condition=self.first_frame_condition(latents("target_image_latent"), x0.shape[1]),
-            reference=torch.cat([ref, self.first_frame_condition(latents("reference_image_latent"), ref.shape[1])], 2),
+            condition=self.first_frame_condition(latents("target_image_latent"), frames),
+            reference=torch.cat([ref, ref_condition], 2),
             text=batch_tensor(batch, "target_text", device, dtype),
             reference_text=batch_tensor(batch, "reference_text", device, dtype),
         )

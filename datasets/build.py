@@ -57,7 +57,8 @@ def read_inputs(spec: JobSpec, progress: bool = True) -> Inputs:
         raise DataError(f"{data.source}: no usable clips ({result.reasons()}); fix the input (every row and its "
                         f"reason: {where}/quarantine.csv)")
     pairs = make_pairs(result.clips, seed=data.seed, refs_per_target=data.refs_per_target,
-                       val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions)
+                       val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions,
+                       candidates=data.reference_candidates)
     return Inputs(result, digests, pairs)
 
 
@@ -117,7 +118,8 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
 
     encoder = ClipEncoder.from_pretrained(spec.model.family, backbone, text_len=data.text_len)
     encoder.check_frames(data.frames)
-    cols = snap.columns(with_image_embed=encoder.image_encoder is not None)
+    cols = snap.columns(with_image_embed=encoder.image_encoder is not None,
+                        candidates=data.reference_candidates > 1)
     cache = _ClipCache(encoder, data, digests)
     shards: dict[str, list[dict]] = {}
     total = sum(len(p) for p in pairs.values())
@@ -233,7 +235,8 @@ def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, 
         if snap.part_done(split_uri, i, len(chunk)):
             log.info("%s/%s already written: skipped", split_uri, snap.part_name(i))
         else:
-            written = snap.write_part(split_uri, i, (_sample(p, cache) for p in chunk), cols)
+            written = snap.write_part(split_uri, i, (_sample(p, cache, "reference_candidates" in cols) for p in chunk),
+                                      cols)
             if written != len(chunk):  # write_part marks what it wrote; the chunk is what it must hold
                 raise DataError(f"{split_uri}/{snap.part_name(i)}: wrote {written} of {len(chunk)} pairs; "
                                 "re-run the build to rewrite the part")
@@ -241,12 +244,18 @@ def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, 
     return snap.merge_parts(split_uri, n_parts)
 
 
-def _sample(pair: Pair, cache: _ClipCache) -> dict:
+def _sample(pair: Pair, cache: _ClipCache, candidates: bool = False) -> dict:
     sample = {"pair_id": pair.id, "condition": pair.target.condition, "category": pair.target.category,
               "target_caption": pair.target.caption, "reference_caption": pair.reference.caption}
     for role, clip in (("target", pair.target), ("reference", pair.reference)):
         for name, value in cache.get(clip).items():
             sample[f"{role}_{name}"] = value
+    if candidates:  # every candidate reference stacked: the loader draws one per epoch
+        refs = pair.references
+        for name in cache.get(refs[0]):
+            sample[f"reference_{name}"] = np.stack([cache.get(c)[name] for c in refs])
+        sample["reference_caption"] = json.dumps([c.caption for c in refs])
+        sample["reference_candidates"] = len(refs)
     return sample
 
 
@@ -305,6 +314,7 @@ def _fingerprint(clip: Clip, digest: str) -> dict:
 def _settings(spec: JobSpec, backbone: Path, result: IngestResult | None) -> dict:
     d = spec.data
     keys = ("frames", "fps", "time_window", "height", "width", "text_len", "min_alignment", "seed", "refs_per_target",
+            "reference_candidates",
             "val_fraction", "unseen_conditions", "pairs_per_part")
     settings = {"data": {k: getattr(d, k) for k in keys}, "family": spec.model.family,
                 "backbone": backbone_identity(spec.model.backbone, backbone)}

@@ -31,7 +31,7 @@ from streaming import StreamingDataLoader, StreamingDataset
 from streaming.base.format.mds.encodings import mds_decode
 
 from vap import storage
-from vap.datasets.snapshot import INDEX, LATEST, NULL_TEXT, SPLITS
+from vap.datasets.snapshot import INDEX, LATEST, NULL_TEXT, SPLITS, draw_reference
 from vap.datasets.snapshot import local_cache as snapshot_cache
 from vap.errors import DataError, StorageError
 
@@ -125,6 +125,12 @@ class _Dataset(StreamingDataset):
             self.vap_failure = future.exception()
         super().on_exception(future)
 
+    def _resume_incr_epoch(self) -> tuple[int, int]:
+        # the epoch being read (also after load_state_dict): candidate references are drawn for it
+        epoch, offset = super()._resume_incr_epoch()
+        self.vap_epoch = epoch
+        return epoch, offset
+
     def __iter__(self):
         self.vap_failure = None
         yield from super().__iter__()
@@ -144,7 +150,10 @@ class _Dataset(StreamingDataset):
         else:
             return super().get_item(sample_id, retry=0)  # Streaming's error naming the file
         self._shard_access_times[shard_id] = time_ns()  # what eviction orders shards by
-        return _decode(self.shards[shard_id], mapped, index)
+        sample = _decode(self.shards[shard_id], mapped, index)
+        if "reference_candidates" in sample:
+            return draw_reference(sample, self.shuffle_seed, getattr(self, "vap_epoch", 0))
+        return sample
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
         # Streaming's prepare thread calls this for every sample, and each call takes a file lock

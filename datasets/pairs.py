@@ -24,13 +24,16 @@ HELD_OUT_SPLITS = {"val", "validation", "valid", "test", "eval", "dev"}
 
 
 def make_pairs(clips: list[Clip], *, seed: int = 0, refs_per_target: int = 1,
-               val_fraction: float = 0.1, unseen_conditions: int = 1) -> dict[str, list[Pair]]:
+               val_fraction: float = 0.1, unseen_conditions: int = 1, candidates: int = 1) -> dict[str, list[Pair]]:
     """Pairs per split: "train", "val" (held-out clips of seen conditions), "unseen" (conditions
     never in train). A target is never its own reference; each target gets up to
     `refs_per_target` distinct references, preferring those its row lists (`Clip.refs`).
+    With `candidates` > 1 each pair also holds up to that many candidate references (its own
+    reference first, then listed ones, then others of the pool), which the loader draws from
+    afresh every epoch, as the authors draw from a clip's same-condition list on every pass.
     Conditions with a single clip cannot be paired and are left out (the report counts them)."""
-    if refs_per_target < 1:
-        raise ValueError("refs_per_target must be at least 1")
+    if refs_per_target < 1 or candidates < 1:
+        raise ValueError("refs_per_target and candidates must be at least 1")
     if not 0 <= val_fraction < 1:
         raise ValueError("val_fraction must be in [0, 1)")
     by_condition: dict[str, list[Clip]] = defaultdict(list)
@@ -46,14 +49,14 @@ def make_pairs(clips: list[Clip], *, seed: int = 0, refs_per_target: int = 1,
         members = by_condition[condition]
         rng = random.Random(f"{seed}/{condition}")
         if condition in unseen:
-            out["unseen"] += _pairs(members, members, "unseen", refs_per_target, rng)
+            out["unseen"] += _pairs(members, members, "unseen", refs_per_target, rng, candidates)
             continue
         train = [c for c in members if c.id not in held]
-        out["train"] += _pairs(train, train, "train", refs_per_target, rng)
+        out["train"] += _pairs(train, train, "train", refs_per_target, rng, candidates)
         # A val target's references may be any other clip of the condition: what is held out is
         # the target clip, which training never sees.
         val = [c for c in members if c.id in held]
-        out["val"] += _pairs(val, members, "val", refs_per_target, rng)
+        out["val"] += _pairs(val, members, "val", refs_per_target, rng, candidates)
     log.info("pairs: %s; unseen conditions: %s", {k: len(v) for k, v in out.items()}, sorted(unseen))
     return out
 
@@ -92,7 +95,8 @@ def _hold_out(by_condition: dict[str, list[Clip]], fraction: float, seed: int) -
     return held
 
 
-def _pairs(targets: list[Clip], pool: list[Clip], split: str, k: int, rng: random.Random) -> list[Pair]:
+def _pairs(targets: list[Clip], pool: list[Clip], split: str, k: int, rng: random.Random,
+           n_candidates: int = 1) -> list[Pair]:
     pairs = []
     for target in targets:
         candidates = [c for c in pool if c.id != target.id]
@@ -100,5 +104,11 @@ def _pairs(targets: list[Clip], pool: list[Clip], split: str, k: int, rng: rando
         others = [c for c in candidates if c.id not in target.refs]
         refs = rng.sample(listed, min(k, len(listed)))
         refs += rng.sample(others, min(k - len(refs), len(others)))
-        pairs += [Pair(target=target, reference=ref, split=split) for ref in refs]
+        for ref in refs:
+            drawn = ()
+            if n_candidates > 1:  # its own reference first, then listed clips, then the rest
+                more = [c for c in listed if c is not ref], [c for c in others if c is not ref]
+                rest = rng.sample(more[0], len(more[0])) + rng.sample(more[1], len(more[1]))
+                drawn = (ref, *rest[:n_candidates - 1])
+            pairs.append(Pair(target=target, reference=ref, split=split, candidates=drawn))
     return pairs

@@ -40,10 +40,16 @@ class Pair:
     target: Clip
     reference: Clip
     split: str
+    # what training draws the reference from, afresh each epoch (the reference first); () = it alone
+    candidates: tuple[Clip, ...] = ()
 
     @property
     def id(self) -> str:
         return f"{self.target.id}<-{self.reference.id}"
+
+    @property
+    def references(self) -> tuple[Clip, ...]:
+        return self.candidates or (self.reference,)
 
 
 @dataclass

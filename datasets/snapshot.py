@@ -49,14 +49,31 @@ def snapshot_id(clips: list[dict], settings: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def columns(with_image_embed: bool) -> dict[str, str]:
-    """The shard columns of docs/CONTRACTS.md ("Shard samples")."""
+def columns(with_image_embed: bool, candidates: bool = False) -> dict[str, str]:
+    """The shard columns of docs/CONTRACTS.md ("Shard samples"). With `candidates`, the reference
+    columns stack a pair's candidate references ([K, …], captions a JSON list) and
+    `reference_candidates` holds K: the loader draws one per epoch (`draw_reference`)."""
     cols = {name: "str" for name in ("pair_id", "condition", "category", "target_caption", "reference_caption")}
     arrays = ["latent", "image_latent", "text"] + (["image_embed"] if with_image_embed else [])
     for role in ("target", "reference"):
         for a in arrays:
             cols[f"{role}_{a}"] = "ndarray:float16"
+    if candidates:
+        cols["reference_candidates"] = "int"
     return cols
+
+
+def draw_reference(sample: dict, seed: int, epoch: int) -> dict:
+    """The sample with one of its candidate references, drawn for (`seed`, `epoch`, pair): the
+    same on every rank and on resume, another one (likely) next epoch."""
+    k = int(sample.pop("reference_candidates"))
+    key = f"{seed}/{epoch}/{sample['pair_id']}".encode()
+    i = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % k
+    for name, value in sample.items():
+        if name.startswith("reference_") and name != "reference_caption":
+            sample[name] = value[i]
+    sample["reference_caption"] = json.loads(sample["reference_caption"])[i]
+    return sample
 
 
 def part_name(i: int) -> str:

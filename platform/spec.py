@@ -102,6 +102,12 @@ class DataSpec(_Strict):
         None, description="Drop clips whose reference_alignment_score is below this (the paper drops poorly aligned pairs); null keeps all."
     )
     refs_per_target: int = Field(1, ge=1, description="Reference clips paired with each target clip.")
+    reference_candidates: int = Field(
+        4, ge=1, description="Candidate references stored with each pair (its own reference first, then the clip's "
+        "listed same-condition clips, then others); training draws one afresh every epoch, as the authors "
+        "draw from the same-condition list on every pass (seeded by trainer.seed and the epoch: resume is exact). "
+        "1 = the pair's reference only."
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of each seen condition's clips held out as val targets.")
     unseen_conditions: int = Field(1, ge=0, description="Whole conditions held out of training (the 'unseen' split, zero-shot).")
     pairs_per_part: int = Field(

@@ -21,7 +21,7 @@ from vap import storage
 from vap.datasets import loader as loader_module
 from vap.datasets.build import build_snapshot
 from vap.datasets.loader import BatchCollator, load_null_text, make_loader, resolve_snapshot
-from vap.datasets.snapshot import verify_snapshot
+from vap.datasets.snapshot import draw_reference, verify_snapshot
 from vap.datasets.synth import synthesize
 from vap.errors import DataError
 from vap.spec import parse_spec
@@ -148,6 +148,12 @@ def test_corrupted_shard_is_an_error_naming_it(snapshot, tmp_path):
         pair_ids(loader)
 
 
+def streamings_sample(dataset, i: int) -> dict:
+    """Sample `i` as Streaming itself decodes it, its candidate reference drawn for the epoch read."""
+    sample = StreamingDataset.get_item(dataset, i)
+    return draw_reference(sample, dataset.shuffle_seed, dataset.vap_epoch) if "reference_candidates" in sample else sample
+
+
 @pytest.mark.parametrize("mapped_shards", [8192, 1])  # 1: every shard change drops and maps again
 def test_samples_read_as_streamings_own_decode(snapshot, tmp_path, monkeypatch, mapped_shards):
     monkeypatch.setattr(loader_module, "MAPPED_SHARDS", mapped_shards)
@@ -155,7 +161,7 @@ def test_samples_read_as_streamings_own_decode(snapshot, tmp_path, monkeypatch, 
     pair_ids(loader)  # fetches every shard into the cache
     dataset = loader.dataset
     for i in [*range(dataset.num_samples), 0]:
-        ours, streamings = dataset.get_item(i), StreamingDataset.get_item(dataset, i)
+        ours, streamings = dataset.get_item(i), streamings_sample(dataset, i)
         assert ours.keys() == streamings.keys()
         for key, value in streamings.items():
             if isinstance(value, np.ndarray):
@@ -169,7 +175,7 @@ def test_samples_read_as_streamings_own_decode(snapshot, tmp_path, monkeypatch, 
 def test_batches_are_writable_copies_never_overwritten_while_held(snapshot, tmp_path):
     loader = make_loader(snapshot, "train", batch_size=BATCH, seed=0, local_cache=tmp_path)
     held = list(loader)  # every batch kept: none may share memory with a later one
-    expected = {s["pair_id"]: s for s in (StreamingDataset.get_item(loader.dataset, i) for i in range(12))}
+    expected = {s["pair_id"]: s for s in (streamings_sample(loader.dataset, i) for i in range(12))}
     for batch in held:
         for row, pid in enumerate(batch["pair_id"]):
             for role in ("target", "reference"):

@@ -63,7 +63,7 @@ def ingest(source: str, *, min_frames: int = 1, min_fps: float = 1.0, min_size: 
     `source` is a folder or s3:// prefix holding `metadata.csv` (or one other `*.csv`, or one
     `*.jsonl`), or the manifest file itself. Each clip is decoded completely with PyAV and must
     have at least `min_frames` frames, `min_fps` frames per second and `min_size` pixels a side;
-    rows with a `reference_alignment_score` below `min_alignment` are rejected as well. Every clip
+    rows with a `reference_alignment_score` at or below `min_alignment` are rejected as well. Every clip
     must lie under `clip_root` (default: the manifest's folder), so `../` and absolute paths
     cannot reach other files; a clip listed twice under different spellings is a duplicate.
     """
@@ -274,8 +274,9 @@ def _check_labels(row: _Row, table: dict[str, str], min_alignment: float | None,
             score = float(row.score)
         except ValueError:
             return reject("bad_alignment_score", f"reference_alignment_score '{row.score}' is not a number; fix or clear it")
-        if min_alignment is not None and score < min_alignment:
-            return reject("low_alignment", f"reference_alignment_score {score:g} < {min_alignment:g}; lower min_alignment to keep it")
+        if min_alignment is not None and score <= min_alignment:  # the authors keep rows scoring above it
+            return reject("low_alignment", f"reference_alignment_score {score:g} ≤ {min_alignment:g}; lower "
+                          "data.min_alignment to keep it")
     return _Row(row.source, row.path, row.caption, row.condition, category, row.split, row.score, row.refs)
 
 

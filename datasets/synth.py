@@ -352,7 +352,7 @@ def synthesize(out: str, *, conditions_per_category: int = 4, clips_per_conditio
         raise DataError(f"frames={frames}, fps={fps}: need at least 1 frame and a positive fps")
     conditions = pick_conditions(conditions_per_category)
     settings = {"conditions": conditions, "clips_per_condition": clips_per_condition, "frames": frames,
-                "fps": fps, "size": size, "seed": seed, "format": 1}
+                "fps": fps, "size": size, "seed": seed, "format": 2}
     csv_uri, marker = storage.join(out, "metadata.csv"), storage.join(out, "synth.json")
     n_clips = len(conditions) * clips_per_condition
     if storage.exists(marker) and json.loads(storage.read_bytes(marker)) == settings and storage.exists(csv_uri):
@@ -365,8 +365,8 @@ def synthesize(out: str, *, conditions_per_category: int = 4, clips_per_conditio
         name = _clip_name(condition, i)
         video, caption = render_clip(condition, seed, i, frames=frames, size=size)
         storage.write_bytes(storage.join(out, name), encode_mp4(video, fps))
-        # A stand-in for VAP-Data's score, stable per clip.
-        score = 0.6 + 0.4 * int(hashlib.sha256(name.encode()).hexdigest()[:4], 16) / 0xFFFF
+        # A stand-in for VAP-Data's score, stable per clip, on the authors' scale (their filter keeps > 10).
+        score = 60 + 40 * int(hashlib.sha256(name.encode()).hexdigest()[:4], 16) / 0xFFFF
         refs = [_clip_name(condition, k) for k in range(clips_per_condition) if k != i]
         rows.append({
             "video_paths": name, "ref_video_paths": json.dumps(refs), "tar_video_caption": caption,

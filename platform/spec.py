@@ -99,7 +99,8 @@ class DataSpec(_Strict):
         None, ge=1, description="Tokens per caption embedding; null = the family's (CogVideoX: the transformer's max_text_seq_length, Wan: 512)."
     )
     min_alignment: float | None = Field(
-        None, description="Drop clips whose reference_alignment_score is below this (the paper drops poorly aligned pairs); null keeps all."
+        10.0, description="Drop rows whose reference_alignment_score is at or below this: VAP-Data's score, on the "
+        "authors' scale (0-100, their filter keeps > 10, the default); null keeps all."
     )
     refs_per_target: int = Field(1, ge=1, description="Reference clips paired with each target clip.")
     reference_candidates: int = Field(

@@ -122,13 +122,13 @@ def test_alignment_threshold_drops_poorly_aligned_clips(tiny_backbones, source, 
     import csv
 
     rows = list(csv.DictReader((source / "metadata.csv").open()))
-    low = sum(float(r["reference_alignment_score"]) < 0.8 for r in rows)
+    low = sum(float(r["reference_alignment_score"]) <= 80 for r in rows)
     assert 0 < low < len(rows)
-    spec = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"), min_alignment=0.8)
+    spec = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"), min_alignment=80)
     inputs = read_inputs(spec, progress=False)
     assert len(inputs.result.clips) == len(rows) - low and len(inputs.result.rejected) == low
-    assert all(c.alignment_score >= 0.8 for c in inputs.result.clips)
-    unfiltered = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"))
+    assert all(c.alignment_score > 80 for c in inputs.result.clips)
+    unfiltered = make_spec(tiny_backbones["cogvideox"], str(source), str(tmp_path / "shards"), min_alignment=None)
     backbone = backbone_folder(str(tiny_backbones["cogvideox"]))
     assert identify(spec, inputs, backbone)[0] != identify(unfiltered, read_inputs(unfiltered, progress=False), backbone)[0]
 

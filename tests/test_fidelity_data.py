@@ -88,3 +88,22 @@ def test_an_all_rejected_build_still_writes_its_quarantine_report(tiny_backbones
     assert reasons == {"empty_file", "truncated", "not_a_video"}
     report = json.loads((shards / "quarantine" / "report.json").read_text())
     assert report["clips"] == {"valid": 0, "rejected": 12, "unpaired": []}
+
+
+def test_min_alignment_defaults_to_the_authors_filter(real_layout, tmp_path):
+    from vap.spec import DataSpec
+
+    assert DataSpec(shards="/tmp/s").min_alignment == 10  # their flag: keep rows scoring > 10 (0-100 scale)
+    text = (real_layout / "metadata.csv").read_text().splitlines()
+    rows = list(csv.DictReader(text))
+    rows[0]["reference_alignment_score"], rows[1]["reference_alignment_score"] = "10", "10.5"
+    source = tmp_path / "scored"
+    source.mkdir()
+    (source / "videos").symlink_to(real_layout / "videos")
+    with (source / "metadata.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, REAL_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    result = ingest(str(source), min_alignment=DataSpec(shards="/tmp/s").min_alignment, progress=False)
+    assert [(r.source, r.reason) for r in result.rejected] == [("metadata.csv:row 2", "low_alignment")]
+    assert rows[1]["video_paths"].removesuffix(".mp4") in {c.id for c in result.clips}

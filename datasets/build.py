@@ -56,9 +56,15 @@ def read_inputs(spec: JobSpec, progress: bool = True) -> Inputs:
         where = quarantine_report(spec, result, {})
         raise DataError(f"{data.source}: no usable clips ({result.reasons()}); fix the input (every row and its "
                         f"reason: {where}/quarantine.csv)")
+    m = data.references_per_pair
     pairs = make_pairs(result.clips, seed=data.seed, refs_per_target=data.refs_per_target,
                        val_fraction=data.val_fraction, unseen_conditions=data.unseen_conditions,
-                       candidates=data.reference_candidates)
+                       candidates=max(m, data.reference_candidates))
+    if m > 1:  # m references per sample: a pair whose condition has fewer other clips cannot be one
+        short = {s: sum(len(p.references) < m for p in ps) for s, ps in pairs.items()}
+        if any(short.values()):
+            log.warning("pairs left out, fewer than %d references in their condition: %s", m, short)
+        pairs = {s: [p for p in ps if len(p.references) >= m] for s, ps in pairs.items()}
     return Inputs(result, digests, pairs)
 
 
@@ -87,6 +93,12 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     `force` rebuilds even when a complete snapshot with the same id exists.
     """
     data = spec.data
+    from vap.training.families import get_family
+
+    limit = get_family(spec.model.family).max_references
+    if limit is not None and data.references_per_pair > limit:
+        raise DataError(f"data.references_per_pair = {data.references_per_pair}, but a {spec.model.family} expert "
+                        f"takes {limit} reference (the authors' model supports one); set it to {limit}")
     storage.probe_writable(data.shards)  # before minutes of validation and encoding, not after
     backbone = backbone_folder(spec.model.backbone)
     quick = None if force else unchanged_source_key(spec, backbone)
@@ -119,7 +131,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     encoder = ClipEncoder.from_pretrained(spec.model.family, backbone, text_len=data.text_len)
     encoder.check_frames(data.frames)
     cols = snap.columns(with_image_embed=encoder.image_encoder is not None,
-                        candidates=data.reference_candidates > 1)
+                        candidates=data.reference_candidates > 1 and data.references_per_pair == 1)
     cache = _ClipCache(encoder, data, digests)
     shards: dict[str, list[dict]] = {}
     total = sum(len(p) for p in pairs.values())
@@ -127,7 +139,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
         task = bar.add_task(f"encoding pairs into {sid}", total=total)
         for split in snap.SPLITS:
             shards[split] = _write_split(storage.join(root, split), pairs[split], data.pairs_per_part, cols,
-                                         cache, lambda n: bar.advance(task, n))
+                                         cache, lambda n: bar.advance(task, n), data.references_per_pair)
 
     null_text = encoder.encode_text([""])[0]
     buf = io.BytesIO()
@@ -226,7 +238,7 @@ def identify(spec: JobSpec, inputs: Inputs, backbone: Path) -> tuple[str, dict]:
     return snap.snapshot_id(clips, settings), settings
 
 
-def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, advance) -> list[dict]:
+def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, advance, m: int = 1) -> list[dict]:
     if not pairs:
         return []
     n_parts = (len(pairs) + per_part - 1) // per_part
@@ -235,8 +247,8 @@ def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, 
         if snap.part_done(split_uri, i, len(chunk)):
             log.info("%s/%s already written: skipped", split_uri, snap.part_name(i))
         else:
-            written = snap.write_part(split_uri, i, (_sample(p, cache, "reference_candidates" in cols) for p in chunk),
-                                      cols)
+            written = snap.write_part(split_uri, i, (_sample(p, cache, "reference_candidates" in cols, m)
+                                                     for p in chunk), cols)
             if written != len(chunk):  # write_part marks what it wrote; the chunk is what it must hold
                 raise DataError(f"{split_uri}/{snap.part_name(i)}: wrote {written} of {len(chunk)} pairs; "
                                 "re-run the build to rewrite the part")
@@ -244,7 +256,7 @@ def _write_split(split_uri: str, pairs: list[Pair], per_part: int, cols, cache, 
     return snap.merge_parts(split_uri, n_parts)
 
 
-def _sample(pair: Pair, cache: _ClipCache, candidates: bool = False) -> dict:
+def _sample(pair: Pair, cache: _ClipCache, candidates: bool = False, m: int = 1) -> dict:
     sample = {"pair_id": pair.id, "condition": pair.target.condition, "category": pair.target.category,
               "target_caption": pair.target.caption, "reference_caption": pair.reference.caption}
     for role, clip in (("target", pair.target), ("reference", pair.reference)):
@@ -256,6 +268,12 @@ def _sample(pair: Pair, cache: _ClipCache, candidates: bool = False) -> dict:
             sample[f"reference_{name}"] = np.stack([cache.get(c)[name] for c in refs])
         sample["reference_caption"] = json.dumps([c.caption for c in refs])
         sample["reference_candidates"] = len(refs)
+    elif m > 1:  # m references along time, each with its own caption tokens and first frame
+        refs = pair.references[:m]
+        for name in cache.get(refs[0]):
+            axis = 0 if name in ("text", "image_embed") else 1  # tokens, or frames of [C, F, h, w]
+            sample[f"reference_{name}"] = np.concatenate([cache.get(c)[name] for c in refs], axis)
+        sample["reference_caption"] = json.dumps([c.caption for c in refs])
     return sample
 
 
@@ -314,7 +332,7 @@ def _fingerprint(clip: Clip, digest: str) -> dict:
 def _settings(spec: JobSpec, backbone: Path, result: IngestResult | None) -> dict:
     d = spec.data
     keys = ("frames", "fps", "time_window", "height", "width", "text_len", "min_alignment", "seed", "refs_per_target",
-            "reference_candidates",
+            "reference_candidates", "references_per_pair",
             "val_fraction", "unseen_conditions", "pairs_per_part")
     settings = {"data": {k: getattr(d, k) for k in keys}, "family": spec.model.family,
                 "backbone": backbone_identity(spec.model.backbone, backbone)}

@@ -103,6 +103,11 @@ class DataSpec(_Strict):
         "authors' scale (0-100, their filter keeps > 10, the default); null keeps all."
     )
     refs_per_target: int = Field(1, ge=1, description="Reference clips paired with each target clip.")
+    references_per_pair: int = Field(
+        1, ge=1, description="References in each training sample, laid along time (the authors' multi-reference "
+        "CogVideoX: each with its own caption and first frame); Wan takes 1. With more than 1 a pair's "
+        "references are fixed (no per-epoch draw)."
+    )
     reference_candidates: int = Field(
         4, ge=1, description="Candidate references stored with each pair (its own reference first, then the clip's "
         "listed same-condition clips, then others); training draws one afresh every epoch, as the authors "

@@ -27,7 +27,7 @@ def two_references(batch: dict, family: str) -> dict:
 def test_wan_refuses_more_than_one_reference(tiny_backbones):
     model = VAPTransformer.from_backbone(str(tiny_backbones["wan"]), "wan", blocks=[0])
     kw = forward_kwargs(model, shard_batch("wan", ref_frames=2 * LATENT["frames"]))
-    with pytest.raises(ModelError, match="2 references given, but a wan expert takes one reference"):
+    with pytest.raises(ModelError, match="2 references given, but a wan expert takes 1 reference video"):
         model(**kw)
 
 
@@ -93,3 +93,44 @@ def test_two_references_are_laid_out_as_the_authors(learned_table_backbone):
     with torch.no_grad():
         out = model(**kw).sample
     assert out.shape[1] == f and torch.isfinite(out).all()
+
+
+def _spec(backbone, source, shards, family="cogvideox", m=2):
+    from vap.spec import parse_spec
+
+    data = {"source": str(source), "shards": str(shards), "frames": 5, "fps": 8.0, "val_fraction": 0.0,
+            "unseen_conditions": 0, "references_per_pair": m, "pairs_per_part": 8}
+    return parse_spec({"name": "t", "model": {"family": family, "backbone": str(backbone)}, "data": data,
+                       "storage": {"uri": "/tmp/unused"}, "registry": {"tracking_uri": "sqlite:////tmp/unused.db"}})
+
+
+def test_data_builds_pairs_with_two_references_that_train(tiny_backbones, tmp_path):
+    from vap.datasets.build import build_snapshot
+    from vap.datasets.loader import make_loader
+    from vap.datasets.synth import synthesize
+    from vap.training.families import get_family
+
+    src = tmp_path / "src"
+    synthesize(str(src), conditions_per_category=1, clips_per_condition=3, frames=9, fps=8.0, size=32, progress=False)
+    s = build_snapshot(_spec(tiny_backbones["cogvideox"], src, tmp_path / "shards"), progress=False)
+    assert s.counts["train"]["pairs"] == 12
+    batch = next(iter(make_loader(s.uri, "train", batch_size=2, seed=0, local_cache=tmp_path / "cache")))
+    b, c, f, h, w = batch["target_latent"].shape
+    assert batch["reference_latent"].shape == (b, c, 2 * f, h, w)  # two references along time
+    assert batch["reference_image_latent"].shape == (b, c, 2, h, w)  # each its first frame
+    assert batch["reference_text"].shape[1] == 2 * batch["target_text"].shape[1]  # each its caption
+    import json
+
+    captions = json.loads(batch["reference_caption"][0])
+    assert len(captions) == 2 and batch["target_caption"][0] not in captions
+    model = VAPTransformer.from_backbone(str(tiny_backbones["cogvideox"]), "cogvideox", blocks=[0])
+    loss = get_family("cogvideox").objective(str(tiny_backbones["cogvideox"]))(model, batch)
+    assert torch.isfinite(loss)
+
+
+def test_wan_build_with_two_references_is_refused_before_any_work(tiny_backbones, tmp_path):
+    from vap.datasets.build import build_snapshot
+
+    with pytest.raises(DataError, match="references_per_pair = 2, but a wan expert takes 1 reference"):
+        build_snapshot(_spec(tiny_backbones["wan"], tmp_path / "nothing", tmp_path / "shards", "wan"), progress=False)
+    assert not (tmp_path / "shards").exists()

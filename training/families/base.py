@@ -105,6 +105,7 @@ class Family:
     name: str
     encoder: type  # its `vap.datasets.encode.ClipEncoder` subclass (the shard columns; inverse of `decode`)
     generation: GenerationDefaults  # the authors' guidance and resolution for the family
+    max_references: int | None = 1  # references one sample may carry (None: any number)
     transformer_class: str  # diffusers class name in transformer/config.json
     frame_axis: int  # the time axis of the transformer's latent input (CogVideoX 1, Wan 2)
     channel_axis: int
@@ -142,9 +143,9 @@ class Family:
 
     def check_references(self, config, m: int, reference_text: torch.Tensor) -> None:
         """Raise ModelError unless `m` references (laid along time) with these captions can be used."""
-        if m > 1:
-            raise ModelError(f"{m} references given, but a {self.name} expert takes one reference video (the "
-                             "authors' model supports one); give one reference")
+        if self.max_references is not None and m > self.max_references:
+            raise ModelError(f"{m} references given, but a {self.name} expert takes {self.max_references} "
+                             "reference video (the authors' model supports one); give one reference")
 
     def target_positions(self, config, video_shape) -> Any:
         raise NotImplementedError

@@ -27,6 +27,7 @@ class CogVideoX(Family):
     name = "cogvideox"
     encoder = CogVideoXEncoder
     generation = GenerationDefaults(guidance_scale=6.0, dynamic_cfg=True, height=480, width=720)
+    max_references = None  # the authors' multi-reference training: each reference its caption and table
     transformer_class = "CogVideoXTransformer3DModel"
     frame_axis = 1
     channel_axis = 2

@@ -134,3 +134,29 @@ def test_wan_build_with_two_references_is_refused_before_any_work(tiny_backbones
     with pytest.raises(DataError, match="references_per_pair = 2, but a wan expert takes 1 reference"):
         build_snapshot(_spec(tiny_backbones["wan"], tmp_path / "nothing", tmp_path / "shards", "wan"), progress=False)
     assert not (tmp_path / "shards").exists()
+
+
+def test_pipeline_takes_several_references_each_with_its_caption(tiny_backbones, monkeypatch):
+    import numpy as np
+
+    from vap.training.pipeline import VAPPipeline
+
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    pipe = VAPPipeline.from_backbone(str(tiny_backbones["cogvideox"]), "cogvideox", blocks="all", device="cpu")
+    calls, forward = [], pipe.transformer.forward
+    monkeypatch.setattr(pipe.transformer, "forward", lambda **kw: calls.append(kw) or forward(**kw))
+    out = pipe(image, "a cat melts", videos, ["a dog melts", "a car melts"], reference_negative_prompt="bad",
+               num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.latents).all()
+    (kw,) = calls
+    text = lambda s: torch.from_numpy(pipe.encoder.encode_text([s])).float()[0]  # noqa: E731
+    torch.testing.assert_close(kw["reference_encoder_hidden_states"][1], torch.cat([text("a dog melts"),
+                                                                                   text("a car melts")]))
+    torch.testing.assert_close(kw["reference_encoder_hidden_states"][0], torch.cat([text("bad"), text("bad")]))
+    assert kw["reference_hidden_states"].shape[1] == 2 * kw["hidden_states"].shape[1]  # along time
+    wan = VAPPipeline.from_backbone(str(tiny_backbones["wan"]), "wan", blocks=[0], device="cpu")
+    with pytest.raises(ModelError, match="2 references given, but a wan expert takes 1"):
+        wan(image, "a cat melts", videos, ["a dog melts", "a car melts"], num_inference_steps=1,
+            output_type="latent")

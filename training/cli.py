@@ -40,8 +40,9 @@ def generate(
                                                           "/ expert folder: path, file:// or s3:// URI."),
     image: str = typer.Option(..., help="First frame: an image (or a video: its first frame), path or URI."),
     prompt: str = typer.Option(..., help="Caption of the video to generate."),
-    reference: str = typer.Option(..., help="Reference video (mp4) showing the semantic condition, path or URI."),
-    reference_prompt: str = typer.Option(..., help="Caption of the reference video."),
+    reference: list[str] = typer.Option(..., help="Reference video (mp4) showing the semantic condition, path or "
+                                                  "URI; repeat for several references (CogVideoX)."),
+    reference_prompt: list[str] = typer.Option(..., help="Caption of the reference video (one per --reference)."),
     out: str = typer.Option("vap.mp4", "--out", "-o", help="Where to write the mp4: path or URI."),
     backbone: str = typer.Option(None, help="Backbone (default: the one the expert / model version records)."),
     tracking_uri: str = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (models:/)."),
@@ -68,7 +69,12 @@ def generate(
     """Generate a video that starts at IMAGE and carries REFERENCE's semantics; write an mp4."""
     from vap.training.generate import generate as run
 
-    typer.echo(run(model, image, prompt, reference, reference_prompt, out, backbone=backbone,
+    if len(reference) != len(reference_prompt):
+        raise typer.BadParameter(f"{len(reference)} --reference but {len(reference_prompt)} --reference-prompt; "
+                                 "give one caption per reference")
+    many = len(reference) > 1
+    typer.echo(run(model, image, prompt, reference if many else reference[0],
+                   reference_prompt if many else reference_prompt[0], out, backbone=backbone,
                    tracking_uri=tracking_uri, frames=frames, fps=fps, time_window=time_window, height=height,
                    width=width, steps=steps,
                    guidance_scale=guidance_scale, reference_guidance_scale=reference_guidance_scale,

@@ -77,7 +77,8 @@ def read_image(uri: str):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def generate(model: str, image: str, prompt: str, reference: str, reference_prompt: str, out: str, *,
+def generate(model: str, image: str, prompt: str, reference: str | list[str], reference_prompt: str | list[str],
+             out: str, *,
              backbone: str | None = None, tracking_uri: str | None = None, frames: int = 49, fps: float = 16.0,
              time_window: str = "evenly", height: int | None = None, width: int | None = None, steps: int = 50,
              guidance_scale: float | None = None, reference_guidance_scale: float = 0.0,
@@ -88,7 +89,8 @@ def generate(model: str, image: str, prompt: str, reference: str, reference_prom
 
     None for height, width, guidance_scale, the negative prompts or dynamic_cfg means the
     family's default, the authors' (`Family.generation`: CogVideoX 480×720 g = 6 dynamic, Wan
-    480×832 g = 5, their negative prompt for the target and the reference)."""
+    480×832 g = 5, their negative prompt for the target and the reference). Several references
+    (CogVideoX): lists of reference URIs and of their captions, one each."""
     import torch
 
     from vap.datasets.encode import read_clip
@@ -100,8 +102,10 @@ def generate(model: str, image: str, prompt: str, reference: str, reference_prom
                                    reference_attention=reference_attention)
     height = height or pipe.family.generation.height
     width = width or pipe.family.generation.width
-    ref = read_clip(storage.read_bytes(reference), frames=frames, fps=fps, height=height, width=width,
-                    window=time_window, name=reference)
+    many = not isinstance(reference, str)
+    refs = [read_clip(storage.read_bytes(r), frames=frames, fps=fps, height=height, width=width,
+                      window=time_window, name=r) for r in (reference if many else [reference])]
+    ref, reference_prompt = (refs, list(reference_prompt)) if many else (refs[0], reference_prompt)
     result = pipe(read_image(image), prompt, ref, reference_prompt, negative_prompt=negative_prompt,
                   reference_negative_prompt=reference_negative_prompt, height=height, width=width,
                   num_frames=frames, num_inference_steps=steps, guidance_scale=guidance_scale,

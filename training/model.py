@@ -251,7 +251,6 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         fam = self.family
         if reference_text is None:
             raise ModelError("a reference video needs its caption embedding (reference_encoder_hidden_states)")
-        fam.check_text(self.config.backbone_config, reference_text)
         ft, fr = target.shape[fam.frame_axis], reference.shape[fam.frame_axis]
         others_t = [s for a, s in enumerate(target.shape) if a != fam.frame_axis]
         others_r = [s for a, s in enumerate(reference.shape) if a != fam.frame_axis]
@@ -263,6 +262,7 @@ class VAPTransformer(ModelMixin, ConfigMixin):
             raise ModelError(f"reference has {fr} latent frames but the target has {ft}: each reference must "
                              f"have the target's frame count (several references: a multiple of {ft})")
         fam.check_references(self.config.backbone_config, fr // ft, reference_text)
+        fam.check_text(self.config.backbone_config, reference_text)
 
     def _check_cache(self, cache: ReferenceCache, batch: int, computing: bool) -> None:
         if self.config.reference_attention != "one_way":

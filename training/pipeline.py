@@ -133,9 +133,11 @@ class VAPPipeline:
             x = torch.zeros(1, 3, num_frames, 32, 32, device=enc.device, dtype=enc.vae.dtype)
             return enc.vae.encode(x).latent_dist.mode().shape[2]
 
-    def _inputs(self, image, reference, num_frames, prompts, reference_prompts):
-        """The family's model inputs for a batch of len(prompts), via the training layout.
-        Without a reference, its slots hold zeros (and are not passed to the model)."""
+    def _inputs(self, image, references, num_frames, prompts, reference_prompts):
+        """The family's model inputs for a batch of len(prompts), via the training layout:
+        `references` (a list of videos, or None) along time, `reference_prompts` one list of
+        captions (one per reference) per row. Without a reference, its slots hold zeros (and are
+        not passed to the model)."""
         from vap.datasets.encode import to_model_input
 
         enc = self.encoder
@@ -145,8 +147,11 @@ class VAPPipeline:
             image_embed = enc.image_embed(image)
         c, _, h, w = image_latent.shape
         latent_shape = (c, self._latent_frames(num_frames), h, w)
-        if reference is not None:
-            ref = {k: torch.from_numpy(v).float() for k, v in enc.encode_clip(reference).items()}
+        if references is not None:
+            encoded = [enc.encode_clip(r) for r in references]
+            ref = {k: torch.cat([torch.from_numpy(e[k]).float() for e in encoded], 1) for k in ("latent", "image_latent")}
+            ref["image_embed"] = torch.from_numpy(encoded[0]["image_embed"]).float() if "image_embed" in encoded[0] \
+                else None
         else:
             ref = {"latent": torch.zeros(latent_shape), "image_latent": image_latent,
                    "image_embed": None if image_embed is None else image_embed[0]}
@@ -161,7 +166,8 @@ class VAPPipeline:
             "reference_latent": rows(ref["latent"]),
             "reference_image_latent": rows(ref["image_latent"]),
             "target_text": self._text(prompts),
-            "reference_text": self._text(reference_prompts),
+            "reference_text": torch.cat([self._text([row[i] for row in reference_prompts])
+                                         for i in range(len(reference_prompts[0]))], 1),
         }
         if image_embed is not None:
             batch["target_image_embed"] = rows(image_embed[0])
@@ -195,7 +201,9 @@ class VAPPipeline:
 
         image: uint8 [H, W, 3] (or PIL); reference_video: uint8 [F, H, W, 3] (or PIL frames),
         resized/cropped to height × width (default: the reference's); num_frames must equal the
-        reference's frame count. reference_video=None runs the backbone alone (plain I2V).
+        reference's frame count. Several references (CogVideoX, as the authors): a list of videos
+        with `reference_prompt` a list of their captions, each unconditional caption the
+        reference negative prompt. reference_video=None runs the backbone alone (plain I2V).
         negative_prompt / reference_negative_prompt: the unconditional branch's captions for the target
         and the reference (None: the family's, the authors' negative prompt). guidance_scale: None =
         the family's (CogVideoX 6, Wan 5); ≤ 1 turns classifier-free guidance off. dynamic_cfg: ramp
@@ -214,13 +222,19 @@ class VAPPipeline:
                 raise ModelError("reference_guidance_scale needs a reference video")
             reference = None
         else:
-            reference = _frames(reference_video)
-            height, width = height or reference.shape[1], width or reference.shape[2]
-            num_frames = num_frames or len(reference)
-            if num_frames != len(reference):
-                raise ModelError(f"num_frames={num_frames} but the reference video has {len(reference)} frames; "
-                                 "the reference and the target must have the same frame count")
-            reference = resize_crop(reference, height, width)
+            many = isinstance(reference_prompt, list | tuple)
+            videos = [_frames(v) for v in reference_video] if many else [_frames(reference_video)]
+            reference_prompt = list(reference_prompt) if many else [reference_prompt]
+            if len(videos) != len(reference_prompt):
+                raise ModelError(f"{len(videos)} reference videos but {len(reference_prompt)} reference captions; "
+                                 "give one caption per reference")
+            height, width = height or videos[0].shape[1], width or videos[0].shape[2]
+            num_frames = num_frames or len(videos[0])
+            for v in videos:
+                if num_frames != len(v):
+                    raise ModelError(f"num_frames={num_frames} but the reference video has {len(v)} frames; "
+                                     "the reference and the target must have the same frame count")
+            reference = [resize_crop(v, height, width) for v in videos]
         self.encoder.check_frames(num_frames)
         image = resize_crop(image[None], height, width)[0]
 
@@ -232,7 +246,9 @@ class VAPPipeline:
         dynamic_cfg = defaults.dynamic_cfg if dynamic_cfg is None else dynamic_cfg
         cfg = guidance_scale > 1.0
         prompts = [negative_prompt, prompt] if cfg else [prompt]
-        ref_prompts = [reference_negative_prompt, reference_prompt] if cfg else [reference_prompt]
+        ref_captions = reference_prompt if reference is not None else [reference_prompt]
+        negatives = [reference_negative_prompt] * len(ref_captions)
+        ref_prompts = [negatives, ref_captions] if cfg else [ref_captions]
         inputs = self._inputs(image, reference, num_frames, prompts, ref_prompts)
         axis = self.family.channel_axis
         one_way = self.transformer.config.reference_attention == "one_way"

@@ -83,8 +83,8 @@ def _generate_sample(spec: JobSpec) -> str:
     return generate(f"models:/{spec.registry.model_name}@champion", storage.join(spec.data.source, target["video_paths"]),
                     target["tar_video_caption"], storage.join(spec.data.source, reference["video_paths"]),
                     reference["tar_video_caption"], out, tracking_uri=spec.registry.tracking_uri,
-                    frames=spec.data.frames, fps=spec.data.fps, height=spec.data.height, width=spec.data.width,
-                    steps=10, seed=spec.trainer.seed)
+                    frames=spec.data.frames, fps=spec.data.fps, time_window=spec.data.time_window,
+                    height=spec.data.height, width=spec.data.width, steps=10, seed=spec.trainer.seed)
 
 
 def _stage(n: int, text: str) -> None:

@@ -9,6 +9,10 @@ measured against. Writes benchmarks/results/decode.json:
 
   ratio          peak memory above the process's baseline ÷ output bytes, frame-by-frame decoding
   ratio_whole    the same for the whole-clip path
+
+The whole-clip baseline at 4K holds ≈ 9 GB (that is the point); --quick (1080p) ≈ 3 GB.
+Measured with --quick on 2 CPUs: 1.20× the output (122 MB for 102 MB of frames) against 28.4×
+(2.9 GB) for the whole-clip path, 3.6× faster too.
 """
 
 from __future__ import annotations

@@ -134,6 +134,18 @@ class TrainerSpec(_Strict):
     checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints.")
     caption_dropout: float = Field(0.02, ge=0, le=1)
     seed: int = 0
+    # Robustness and DeepSpeed knobs
+    max_failures: int = Field(
+        3, ge=-1, description="Worker failures Ray Train recovers from in one `vap train` (restart from the latest "
+                              "committed checkpoint); -1 retries forever, 0 fails at the first.")
+    autoresume: bool = Field(
+        True, description="Re-running a job resumes its MLflow run and its latest committed checkpoint.")
+    checkpoints_kept: int = Field(2, ge=1, description="Committed checkpoints kept in storage (newest first).")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.99), description="AdamW (beta1, beta2).")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each block's activations in backward (needed at 480p on 80 GB GPUs).")
 
 
 class StorageSpec(_Strict):

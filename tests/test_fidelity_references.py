@@ -89,6 +89,14 @@ def test_two_references_are_laid_out_as_the_authors(learned_table_backbone):
             want_text.append(pe.text_proj(text[:, i * length:(i + 1) * length]) + table[:length])
     torch.testing.assert_close(stream.text, torch.cat(want_text, 1))
     torch.testing.assert_close(stream.video, torch.cat(want_video, 1))
+    # each reference is embedded exactly as it would be as the only reference
+    with torch.no_grad():
+        for i in range(2):
+            alone = model.family.embed(model.expert.embed, video[:, i * f:(i + 1) * f],
+                                       text[:, i * length:(i + 1) * length], kw["timestep"], None, None)
+            n = alone.video.shape[1]
+            torch.testing.assert_close(stream.video[:, i * n:(i + 1) * n], alone.video)
+            torch.testing.assert_close(stream.text[:, i * length:(i + 1) * length], alone.text)
     # and the whole model runs on it, the target's frames out
     with torch.no_grad():
         out = model(**kw).sample

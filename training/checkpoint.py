@@ -1,13 +1,17 @@
-"""Checkpoints: DeepSpeed ZeRO state for exact resume + the expert alone for serving.
+"""Checkpoints: DeepSpeed ZeRO state for exact resume + the expert alone for serving, committed
+to object storage so that a crash mid-upload never leaves something that looks restorable.
 
-Layout of one checkpoint folder (Ray Train merges every rank's files into it):
+Layout under `<storage.uri>/<job>/step-<NNNNNNNN>/` (every rank uploads its own files):
   vap/                        DeepSpeed ZeRO checkpoint, frozen backbone excluded
       mp_rank_00_model_states.pt, zero_pp_rank_<r>_mp_rank_00_optim_states.pt, …
   latest                      DeepSpeed's tag pointer
   expert/                     the consolidated expert (safetensors, save_pretrained layout)
   vap-checkpoint.json         step, metrics, data snapshot — written by rank 0
-Ray registers a checkpoint only after every file is uploaded, so a reader that goes through
-Ray (`get_checkpoint`) or the registry never sees a partial one.
+  manifest/rank-<r>.json      files rank r wrote: size and sha256; step, world size
+  COMMITTED                   written last by rank 0, once every rank's files are in storage
+
+Only a folder with COMMITTED is ever restored; a folder without it is an interrupted upload and
+is removed by the next commit. Loader position and RNG state travel in DeepSpeed's client state.
 """
 
 from __future__ import annotations
@@ -15,31 +19,153 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+
+from vap import storage
+from vap.errors import StorageError
 
 log = logging.getLogger(__name__)
 
 TAG = "vap"
 EXPERT_DIR = "expert"
 META = "vap-checkpoint.json"
+MANIFEST_DIR = "manifest"
+COMMITTED = "COMMITTED"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+T = TypeVar("T")
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def retrying(what: str, fn: Callable[[], T], attempts: int = 5, base_delay: float = 0.5) -> T:
+    """`fn()` retried with exponential backoff on StorageError (5xx, timeouts, resets that outlived
+    botocore's own retries); the last error is raised as is."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except StorageError as err:
+            if attempt == attempts - 1:
+                raise
+            delay = base_delay * 2**attempt
+            log.warning("%s failed (%s); retrying in %.1fs (%d/%d)", what, err, delay, attempt + 1, attempts - 1)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save(engine, model, folder: Path, *, step: int, loader_state: dict, meta: dict) -> None:
-    """Collective: every rank calls it with its own empty `folder`."""
+    """Collective: every rank calls it with its own empty `folder`; each rank's manifest lists
+    the files it wrote there."""
     import deepspeed
 
-    engine.save_checkpoint(str(folder), tag=TAG, client_state={"step": step, "loader": loader_state},
-                           exclude_frozen_parameters=True)
-    rank = torch.distributed.get_rank()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    client = {"step": step, "loader": loader_state, "world_size": world, "rng": torch.get_rng_state()}
+    engine.save_checkpoint(str(folder), tag=TAG, client_state=client, exclude_frozen_parameters=True)
     # ZeRO-3 shards every parameter; gather the expert's (collective) and let rank 0 write it.
     params = list(model.expert_parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         if rank == 0:
             model.save_expert(folder / EXPERT_DIR)
     if rank == 0:
-        (folder / META).write_text(json.dumps({"step": step, **meta}, indent=2, sort_keys=True))
+        (folder / META).write_text(json.dumps({"step": step, "world_size": world, **meta}, indent=2, sort_keys=True))
+    write_manifest(folder, step=step, rank=rank, world=world)
+
+
+def write_manifest(folder: Path, *, step: int, rank: int, world: int) -> Path:
+    """manifest/rank-<rank>.json: size and sha256 of every file this rank wrote into `folder`."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.parent.name != MANIFEST_DIR}
+    path = folder / MANIFEST_DIR / f"rank-{rank}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"step": step, "rank": rank, "world_size": world, "files": files}, indent=2,
+                               sort_keys=True))
+    return path
+
+
+def upload(folder: Path, uri: str) -> None:
+    """This rank's files to `uri`, its manifest last (retried with backoff)."""
+    manifest = next((folder / MANIFEST_DIR).glob("rank-*.json"))
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p != manifest:
+            data = p.read_bytes()
+            retrying(f"upload of {p.name}", lambda p=p, data=data: storage.write_bytes(
+                storage.join(uri, str(p.relative_to(folder))), data))
+    retrying("upload of the manifest", lambda: storage.write_bytes(
+        storage.join(uri, MANIFEST_DIR, manifest.name), manifest.read_bytes()))
+
+
+def commit(uri: str, world: int) -> None:
+    """Rank 0, after every rank's upload returned: check that every manifest is there and every
+    file it lists is stored, then write the commit marker. Raises StorageError otherwise."""
+    stored = set(retrying("listing the checkpoint", lambda: storage.list_files(uri)))
+    for rank in range(world):
+        name = f"{MANIFEST_DIR}/rank-{rank}.json"
+        if name not in stored:
+            raise StorageError(f"{uri}: rank {rank}'s manifest is missing; the checkpoint is not committed")
+        manifest = json.loads(retrying("reading a manifest", lambda name=name: storage.read_bytes(storage.join(uri, name))))
+        missing = sorted(set(manifest["files"]) - stored)
+        if missing:
+            raise StorageError(f"{uri}: {len(missing)} file(s) of rank {rank} missing (e.g. {missing[0]}); "
+                               "the checkpoint is not committed")
+    retrying("writing the commit marker", lambda: storage.write_bytes(storage.join(uri, COMMITTED), b"ok\n"))
+
+
+def checkpoints(root: str) -> list[tuple[int, str, bool]]:
+    """(step, uri, committed) of every checkpoint folder under a job's root, oldest first."""
+    found: dict[int, bool] = {}
+    for name in retrying("listing checkpoints", lambda: storage.list_files(root)):
+        top, _, rest = name.partition("/")
+        m = _STEP_DIR.match(top)
+        if m:
+            found[int(m.group(1))] = found.get(int(m.group(1)), False) or rest == COMMITTED
+    return [(step, storage.join(root, step_dir(step)), ok) for step, ok in sorted(found.items())]
+
+
+def latest_committed(root: str) -> tuple[int, str] | None:
+    committed = [(step, uri) for step, uri, ok in checkpoints(root) if ok]
+    return committed[-1] if committed else None
+
+
+def prune(root: str, keep: int) -> None:
+    """Remove interrupted (uncommitted) folders and all but the newest `keep` committed ones.
+    Rank 0 calls it right after a commit, when no other upload is in flight."""
+    entries = checkpoints(root)
+    kept = {step for step, _, ok in entries if ok}
+    kept = set(sorted(kept)[-keep:])
+    for step, uri, ok in entries:
+        if step not in kept:
+            log.info("removing %s checkpoint %s", "old" if ok else "uncommitted", uri)
+            retrying(f"removing {uri}", lambda uri=uri: storage.remove(uri))
+
+
+def fetch(uri: str, local: Path) -> Path:
+    """Download a committed checkpoint and check every file against its manifest."""
+    if not storage.exists(storage.join(uri, COMMITTED)):
+        raise StorageError(f"{uri}: not a committed checkpoint (no {COMMITTED} marker)")
+    retrying(f"download of {uri}", lambda: storage.download_dir(uri, local))
+    for manifest in sorted((local / MANIFEST_DIR).glob("rank-*.json")):
+        for name, want in json.loads(manifest.read_text())["files"].items():
+            p = local / name
+            if not p.is_file() or p.stat().st_size != want["size"] or _sha256(p) != want["sha256"]:
+                raise StorageError(f"{uri}: {name} does not match the checkpoint's manifest; "
+                                   "the checkpoint is damaged — remove it to resume from the one before")
+    return local
 
 
 def restore(engine, folder: Path) -> tuple[int, dict | None]:
@@ -47,14 +173,7 @@ def restore(engine, folder: Path) -> tuple[int, dict | None]:
     _, client = engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=False)
     if client is None:
         raise RuntimeError(f"{folder}: no DeepSpeed checkpoint with tag {TAG!r}")
+    if "rng" in client:
+        torch.set_rng_state(client["rng"])
     log.info("resumed from %s at step %d", folder, client["step"])
     return client["step"], client.get("loader")
-
-
-def partition_fingerprint(params) -> str:
-    """sha256 over this rank's shard of `params` (ZeRO-3: `ds_tensor`), to prove they never change."""
-    h = hashlib.sha256()
-    for p in params:
-        t = getattr(p, "ds_tensor", p).detach().cpu().contiguous()
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()

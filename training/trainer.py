@@ -3,25 +3,35 @@ object storage → a registered MLflow model version aliased `challenger`.
 
 The driver (`train`) checks every endpoint before any work starts, then hands the loop to Ray.
 Each worker (`_train_loop`) builds the model, wraps it with DeepSpeed, streams its shard of the
-snapshot and reports a checkpoint every `checkpoint_every` steps. Re-running the same job name
-resumes from the latest checkpoint; a finished job is not trained twice.
+snapshot and reports a checkpoint every `checkpoint_every` steps, committed (manifest + marker)
+once every rank's files are in storage. A worker that dies is restarted by Ray Train
+(`trainer.max_failures`) from the latest committed checkpoint within the same call; re-running
+the same job resumes too (`trainer.autoresume`); a finished job is not trained twice.
+
+The seam: a project error raised in a worker (a corrupt shard's DataError) is recorded beside the
+checkpoints, so restarted workers fail at once instead of retrying it, and the driver raises
+that same error — one line. Every exit path closes the MLflow run: FINISHED, FAILED, or KILLED
+on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vap import storage
-from vap.errors import TrainingError
+from vap import errors, storage
+from vap.errors import TrainingError, VapError
 from vap.registry import Registry, code_version
 from vap.spec import JobSpec, dump_spec
+from vap.training.zero import deepspeed_config
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +54,6 @@ class TrainResult:
                 f"  checkpoint: {self.checkpoint_uri}\n  metrics: {m}")
 
 
-def deepspeed_config(spec: JobSpec, world_size: int) -> dict:
-    t = spec.trainer
-    return {
-        "train_micro_batch_size_per_gpu": t.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": t.batch_size * world_size,
-        "gradient_clipping": t.grad_clip,
-        "zero_optimization": {
-            "stage": t.zero_stage,
-            "contiguous_gradients": True,
-            # On CPU (tests, demo) tiny parameters must be partitioned too, or ZeRO-3 is not exercised.
-            "stage3_param_persistence_threshold": 100_000 if t.use_gpu else 0,
-        },
-        "bf16": {"enabled": t.use_gpu},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-
-
 # --- driver ------------------------------------------------------------------------------
 def train(spec: JobSpec, resume: bool = True, progress: bool = True) -> TrainResult:
     from vap import lease
@@ -78,12 +68,41 @@ def train(spec: JobSpec, resume: bool = True, progress: bool = True) -> TrainRes
     require_train_pairs(snapshot)
     storage_fs, storage_path = storage.pyarrow_fs(spec.storage.uri)
     _check_writable(spec.storage.uri)
-    with lease.hold(spec.storage.uri, spec.name):  # one `vap train` of a job at a time
+    with lease.hold(spec.storage.uri, spec.name), _sigterm_exits():  # one `vap train` of a job at a time
         return _fit(spec, registry, snapshot, storage_fs, storage_path, resume, progress)
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM (what Kubernetes sends a pod) unwinds like Ctrl-C: the run is closed KILLED, the
+    local Ray stopped, and the process exits 143 (128 + SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def job_root(spec: JobSpec) -> str:
+    """Where a job's checkpoints live (Ray Train's storage_path/name)."""
+    return storage.join(spec.storage.uri, spec.name)
+
+
+WORKER_ERROR = "worker-error.json"
 
 
 def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_path: str, resume: bool,
          progress: bool) -> TrainResult:
+    from vap.training import checkpoint as ckpt
+
+    resume = resume and spec.trainer.autoresume
     previous = registry.find_run(spec.name) if resume else None
     if previous is not None and previous.info.status == "FINISHED" and previous.data.tags.get("vap.version"):
         log.info("job %s already finished (run %s); not training again — rename the job to retrain",
@@ -97,6 +116,24 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
                                     {"vap.snapshot": snapshot, "vap.backbone": spec.model.backbone,
                                      "vap.code_version": code_version()})
 
+    root = job_root(spec)
+    if storage.exists(storage.join(root, WORKER_ERROR)):
+        storage.remove(storage.join(root, WORKER_ERROR))  # the last run's error; this run tries again
+    if resume and (latest := ckpt.latest_committed(root)):
+        log.info("resuming from committed checkpoint %s", latest[1])
+    try:
+        return _fit_with_ray(spec, registry, snapshot, storage_fs, storage_path, resume, progress, run_id)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED"
+        try:
+            registry.finish_run(run_id, status)
+        finally:
+            _shutdown_own_ray()
+        raise
+
+
+def _fit_with_ray(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_path: str, resume: bool,
+                  progress: bool, run_id: str) -> TrainResult:
     _ensure_ray(spec)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -106,13 +143,15 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
         env["DS_ACCELERATOR"] = "cpu"
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "snapshot": snapshot, "run_id": run_id},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "snapshot": snapshot, "run_id": run_id,
+                           "resume": resume},
         scaling_config=ScalingConfig(num_workers=spec.trainer.workers, use_gpu=spec.trainer.use_gpu),
         torch_config=TorchConfig(backend="nccl" if spec.trainer.use_gpu else "gloo"),
         run_config=RunConfig(
             name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=0),
+            # the worker commits and prunes (checkpoint.prune); Ray must not delete a folder it half knows
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            failure_config=FailureConfig(max_failures=spec.trainer.max_failures),
             worker_runtime_env={"env_vars": env},
         ),
     )
@@ -121,8 +160,10 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
         with _Progress(registry, run_id, spec.trainer.steps, enabled=progress):
             result = trainer.fit()
     except Exception as err:
-        registry.finish_run(run_id, "FAILED")
-        raise TrainingError(f"training job {spec.name} failed: {err}; worker logs are under "
+        project_error = _worker_error(job_root(spec), err)
+        if project_error is not None:
+            raise project_error from None
+        raise TrainingError(f"training job {spec.name} failed: {_first_line(err)}; worker logs are under "
                             "/tmp/ray/session_latest/logs (re-run the same spec to resume)") from err
     if result.checkpoint is None:
         raise TrainingError(f"training job {spec.name} reported no checkpoint; check trainer.steps")
@@ -175,6 +216,55 @@ def _checkpoint_uri(storage_uri: str, path: str) -> str:
     return f"s3://{path}" if storage.parse_uri(storage_uri).scheme == "s3" else path
 
 
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
+
+
+def _worker_error(root: str, err: BaseException) -> VapError | None:
+    """The project error a worker raised: from the record it left beside the checkpoints, else
+    from Ray's exception (WorkerGroupError.worker_failures, causes)."""
+    try:
+        record = json.loads(storage.read_bytes(storage.join(root, WORKER_ERROR)))
+        cls = getattr(errors, record["type"], None)
+        if isinstance(cls, type) and issubclass(cls, VapError):
+            return cls(record["message"])
+    except Exception:  # no record (or storage is what failed): look in Ray's exception
+        pass
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, VapError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__,
+                 *getattr(e, "worker_failures", {}).values()]
+    return None
+
+
+def _record_worker_error(root: str, err: VapError) -> None:
+    try:
+        storage.write_bytes(storage.join(root, WORKER_ERROR),
+                            json.dumps({"type": type(err).__name__, "message": str(err)}).encode())
+    except Exception:  # the driver still finds the error in Ray's exception
+        log.exception("could not record the worker error")
+
+
+_OWN_RAY = False
+
+
+def _shutdown_own_ray() -> None:
+    """Stop the local Ray this process started (its workers with it); a cluster is left alone."""
+    global _OWN_RAY
+    if _OWN_RAY:
+        import ray
+
+        ray.shutdown()
+        _OWN_RAY = False
+
+
 def _check_writable(uri: str) -> None:
     probe = storage.join(uri, ".vap-write-probe")
     storage.write_bytes(probe, b"ok")
@@ -189,106 +279,186 @@ def _ensure_ray(spec: JobSpec) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # a cluster (KubeRay sets RAY_ADDRESS for the job's entrypoint)
     else:
+        global _OWN_RAY
         ray.init(num_cpus=max(os.cpu_count() or 1, spec.trainer.workers + 1), include_dashboard=False,
                  log_to_driver=False)
+        _OWN_RAY = True
 
 
 # --- worker ------------------------------------------------------------------------------
 def _train_loop(config: dict) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*deprecated.*", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import deepspeed
-    import ray.train
-    import torch
-    import torch.distributed as dist
-    from ray.train import Checkpoint
-
-    from vap.datasets.loader import load_null_text, make_loader
-    from vap.training import checkpoint as ckpt
-    from vap.training.families import get_family
-    from vap.training.model import load_vap
-
     spec = JobSpec.model_validate(config["spec"])
-    t = spec.trainer
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")  # adopts Ray's process group
-    torch.manual_seed(t.seed)
+    root = job_root(spec)
+    try:
+        if storage.exists(storage.join(root, WORKER_ERROR)):  # a restart after a project error: same error, at once
+            raise _worker_error(root, RuntimeError()) or TrainingError(f"{root}: an earlier worker failed")
+        _Worker(spec, config).run()
+    except VapError as err:
+        _record_worker_error(root, err)
+        raise
 
-    model = load_vap(spec.model)
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    trainable = list(model.expert_parameters())
-    objective = get_family(spec.model.family).objective(spec.model.backbone)
-    optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=(0.9, 0.99), weight_decay=t.weight_decay)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=warmup,
-                                                           config=deepspeed_config(spec, world))
-    frozen_before = ckpt.partition_fingerprint(frozen)
 
-    snapshot = config["snapshot"]
-    cache = Path(tempfile.gettempdir()) / "vap-streaming" / spec.name
-    loader = make_loader(snapshot, "train", batch_size=t.batch_size, seed=t.seed, local_cache=cache / "train")
-    eval_batch = _eval_batch(snapshot, t.batch_size, cache / "eval")
-    null_text = load_null_text(snapshot)
+class _Worker:
+    """One rank's training, in parts: build → (restore) → loop of train_step, evaluate on schedule,
+    checkpoint (save, upload, commit) → metrics flushed to MLflow once their checkpoint commits."""
 
-    def mean(x: float) -> float:
+    def __init__(self, spec: JobSpec, config: dict):
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        import ray.train
+        import torch
+
+        from vap.datasets.loader import load_null_text, make_loader
+        from vap.training import zero
+        from vap.training.families import get_family
+        from vap.training.model import load_vap
+
+        self.spec, self.t, self.config = spec, spec.trainer, config
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        zero.init_distributed(self.t.use_gpu)
+        torch.manual_seed(self.t.seed)
+
+        self.model = load_vap(spec.model)
+        if self.t.activation_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        self.frozen = [p for p in self.model.parameters() if not p.requires_grad]
+        self.objective = get_family(spec.model.family).objective(spec.model.backbone)
+        self.engine, self.scheduler = zero.build_engine(self.model, spec, self.world)
+        self.frozen_before = zero.partition_fingerprint(self.frozen)
+
+        self.snapshot = config["snapshot"]
+        cache = Path(tempfile.gettempdir()) / "vap-streaming" / spec.name
+        self.loader = make_loader(self.snapshot, "train", batch_size=self.t.batch_size, seed=self.t.seed,
+                                  local_cache=cache / "train")
+        self.eval_batch = _eval_batch(self.snapshot, self.t.batch_size, cache / "eval")
+        self.null_text = load_null_text(self.snapshot)
+        # rank 0 streams step metrics to the run the driver opened (live curves, the progress bar)
+        self.tracker = Registry(spec.registry.tracking_uri, spec.registry.model_name) if self.rank == 0 else None
+        self.pending: list[tuple[int, dict]] = []  # step metrics since the last committed checkpoint
+        self.step = 0
+
+    # parts ------------------------------------------------------------------------------
+    def mean(self, x: float) -> float:
+        import torch
+        import torch.distributed as dist
+
         v = torch.tensor([x], dtype=torch.float64)
         dist.all_reduce(v)
-        return v.item() / world
+        return v.item() / self.world
 
-    def evaluate() -> float:
+    def restore(self) -> None:
+        from vap.training import checkpoint as ckpt
+
+        latest = ckpt.latest_committed(job_root(self.spec)) if self.config.get("resume", True) else None
+        if latest is None:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            self.step, loader_state = ckpt.restore(self.engine, ckpt.fetch(latest[1], Path(d)))
+        if loader_state:
+            self.loader.load_state_dict(loader_state)
+
+    def evaluate(self) -> float:
+        import torch
+
         # Fixed batch, fixed noise and timesteps: comparable across steps, unlike the training loss.
         with torch.no_grad():
-            loss = objective(engine, eval_batch, generator=torch.Generator().manual_seed(1234),
-                             caption_dropout=0.0, null_text=null_text)
-        return mean(loss.item())
+            loss = self.objective(self.engine, self.eval_batch, generator=torch.Generator().manual_seed(1234),
+                                  caption_dropout=0.0, null_text=self.null_text)
+        return self.mean(loss.item())
 
-    step = 0
-    resumed = ray.train.get_checkpoint()
-    if resumed:
-        with resumed.as_directory() as d:
-            step, loader_state = ckpt.restore(engine, Path(d))
-        if loader_state:
-            loader.load_state_dict(loader_state)
-    # rank 0 streams step metrics to the run the driver opened (live curves, the driver's progress bar)
-    tracker = Registry(spec.registry.tracking_uri, spec.registry.model_name) if rank == 0 else None
-    run_id = config["run_id"]
-    if step == 0:
-        eval_loss = evaluate()
-        if tracker:
-            tracker.log_metrics(run_id, 0, eval_loss=eval_loss)
+    def train_step(self, batches) -> tuple[float, int]:
+        """One optimizer step over `grad_accum_steps` micro-batches; (mean loss, video tokens)."""
+        import torch
 
-    batches = iter(loader)
-    last = time.monotonic()
-    while step < t.steps:
-        try:
+        losses, tokens = [], 0
+        for micro in range(self.t.grad_accum_steps):
             batch = next(batches)
-        except StopIteration:  # next epoch
-            batches = iter(loader)
-            continue
-        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step * 1_009 + rank)  # exact on resume
-        loss = objective(engine, batch, generator=gen, caption_dropout=t.caption_dropout, null_text=null_text)
-        engine.backward(loss)
-        engine.step()
-        step += 1
-        loss_mean = mean(loss.item())
-        now = time.monotonic()
-        if tracker:
-            tracker.log_metrics(run_id, step, loss=loss_mean, lr=scheduler.get_last_lr()[0],
-                                    pairs_per_s=t.batch_size * world / max(now - last, 1e-9))
-        last = now
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            eval_loss = evaluate()
-            unchanged = mean(float(ckpt.partition_fingerprint(frozen) == frozen_before)) == 1.0
-            metrics = {"step": step, "loss": loss_mean, "eval_loss": eval_loss, "frozen_unchanged": unchanged}
-            if tracker:
-                tracker.log_metrics(run_id, step, eval_loss=eval_loss)
-            with tempfile.TemporaryDirectory() as d:
-                ckpt.save(engine, model, Path(d), step=step, loader_state=loader.state_dict(),
-                          meta={"metrics": metrics, "snapshot": snapshot, "job": spec.name})
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+            # noise and timesteps from (seed, step, micro-batch, rank): exact on resume
+            gen = torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.step * 1_009 + micro * 7_919 + self.rank)
+            loss = self.objective(self.engine, batch, generator=gen, caption_dropout=self.t.caption_dropout,
+                                  null_text=self.null_text)
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+            losses.append(loss.item())
+            tokens += _video_tokens(batch)
+        self.step += 1
+        return sum(losses) / len(losses), tokens
+
+    def checkpoint(self, metrics: dict) -> None:
+        """Save, upload (every rank its own files), commit (rank 0, once all are stored), prune,
+        then flush the step metrics the checkpoint covers — so a restart never logs a step twice."""
+        import ray.train
+        import torch.distributed as dist
+        from ray.train import Checkpoint
+
+        from vap.training import checkpoint as ckpt
+
+        root = job_root(self.spec)
+        name = ckpt.step_dir(self.step)
+        fs, base = storage.pyarrow_fs(self.spec.storage.uri)
+
+        def upload(checkpoint: Checkpoint, dir_name: str) -> Checkpoint:
+            ckpt.upload(Path(checkpoint.path), storage.join(root, dir_name))
+            return Checkpoint(f"{base}/{self.spec.name}/{dir_name}", filesystem=fs)
+
+        with tempfile.TemporaryDirectory() as d:
+            ckpt.save(self.engine, self.model, Path(d), step=self.step, loader_state=self.loader.state_dict(),
+                      meta={"metrics": metrics, "snapshot": self.snapshot, "job": self.spec.name})
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=name,
+                             checkpoint_upload_fn=upload)
+        dist.barrier()  # every rank's upload has returned
+        if self.rank == 0:
+            ckpt.commit(storage.join(root, name), self.world)
+            ckpt.prune(root, self.t.checkpoints_kept)
+            for step, values in self.pending:
+                self.tracker.log_metrics(self.config["run_id"], step, **values)
+        self.pending.clear()
+        dist.barrier()
+
+    # loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        from vap.training import zero
+
+        self.restore()
+        if self.step == 0:
+            self.pending.append((0, {"eval_loss": self.evaluate()}))
+        batches = _forever(self.loader)
+        last = time.monotonic()
+        while self.step < self.t.steps:
+            loss, tokens = self.train_step(batches)
+            now, elapsed = time.monotonic(), max(time.monotonic() - last, 1e-9)
+            last = now
+            values = {"loss": self.mean(loss), "lr": self.scheduler.get_last_lr()[0],
+                      "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                      "samples_per_s": self.t.batch_size * self.t.grad_accum_steps * self.world / elapsed,
+                      "video_tokens_per_s": self.mean(tokens) * self.world / elapsed}
+            peaks = zero.per_rank(zero.peak_memory_mb(), self.world, self.rank)
+            values.update({f"peak_memory_mb_rank{r}": mb for r, mb in enumerate(peaks)})
+            self.pending.append((self.step, values))
+            if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps:
+                eval_loss = self.evaluate()
+                unchanged = self.mean(float(zero.partition_fingerprint(self.frozen) == self.frozen_before)) == 1.0
+                self.pending.append((self.step, {"eval_loss": eval_loss}))
+                self.checkpoint({"step": self.step, "loss": values["loss"], "eval_loss": eval_loss,
+                                 "frozen_unchanged": unchanged})
+
+
+def _forever(loader):
+    while True:  # epochs
+        yield from loader
+
+
+def _video_tokens(batch: dict) -> int:
+    """Latent positions of target + reference video ([B, C, F, h, w] latents)."""
+    n = 0
+    for key in ("target_latent", "reference_latent"):
+        if key in batch:
+            shape = tuple(batch[key].shape)
+            n += shape[0] * shape[2] * shape[3] * shape[4] if len(shape) == 5 else 0
+    return n
 
 
 def _eval_batch(snapshot: str, batch_size: int, cache: Path) -> dict:

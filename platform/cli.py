@@ -49,13 +49,15 @@ def spec_check(file: Path = typer.Argument(..., help="Job spec YAML to validate.
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Job spec YAML."),
-    resume: bool = typer.Option(True, help="Resume from the run's latest checkpoint if one exists."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the spec, validated by the same schema: "
+                                                     "trainer.steps=5 trainer.workers=1"),
+    resume: bool = typer.Option(True, help="Resume from the run's latest committed checkpoint if one exists."),
 ) -> None:
     """Train an expert with Ray Train + DeepSpeed, checkpoint it and register it in MLflow."""
     from vap.spec import load_spec
     from vap.training.trainer import train as run_training
 
-    result = run_training(load_spec(config), resume=resume)
+    result = run_training(load_spec(config, overrides or ()), resume=resume)
     typer.echo(result.summary())
 
 

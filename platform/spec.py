@@ -241,8 +241,10 @@ def parse_spec(data: object, source: str = "spec") -> JobSpec:
         raise SpecError(_explain(err, source)) from None
 
 
-def load_spec(path: str | Path) -> JobSpec:
-    """Read and validate a YAML job spec; raise SpecError naming the bad key and the fix."""
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read and validate a YAML job spec; raise SpecError naming the bad key and the fix.
+    `overrides` are dotted `key=value` pairs (`trainer.steps=5`, values in YAML) applied before
+    validation, so the same schema checks them."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -256,7 +258,32 @@ def load_spec(path: str | Path) -> JobSpec:
     except UnicodeDecodeError as err:
         raise SpecError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
                         "save the job spec as UTF-8") from None
-    return parse_spec(_load_yaml(text, path), str(path))
+    data = _load_yaml(text, path)
+    return parse_spec(apply_overrides(data, overrides) if overrides else data, str(path))
+
+
+def apply_overrides(data: object, overrides: list[str] | tuple[str, ...]) -> object:
+    """`data` with each dotted `key=value` set (value parsed as YAML); SpecError for a malformed one."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"override {item!r}: write it as dotted.key=value (e.g. trainer.steps=5)")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict):
+                raise SpecError(f"override {item!r}: '{'.'.join(parts[:i])}' is not a section")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {item!r}: '{'.'.join(parts[:-1])}' is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise SpecError(f"override {item!r}: the value is not valid YAML; quote it") from None
+    return data
 
 
 # A job spec is a few dozen values; anchors and aliases may share a block, but a document that

@@ -100,9 +100,10 @@ WORKER_ERROR = "worker-error.json"
 
 def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_path: str, resume: bool,
          progress: bool) -> TrainResult:
-    from vap.training import checkpoint as ckpt
 
     resume = resume and spec.trainer.autoresume
+    if resume:
+        _check_resumable(spec)
     previous = registry.find_run(spec.name) if resume else None
     if previous is not None and previous.info.status == "FINISHED" and previous.data.tags.get("vap.version"):
         log.info("job %s already finished (run %s); not training again — rename the job to retrain",
@@ -119,8 +120,6 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
     root = job_root(spec)
     if storage.exists(storage.join(root, WORKER_ERROR)):
         storage.remove(storage.join(root, WORKER_ERROR))  # the last run's error; this run tries again
-    if resume and (latest := ckpt.latest_committed(root)):
-        log.info("resuming from committed checkpoint %s", latest[1])
     try:
         return _fit_with_ray(spec, registry, snapshot, storage_fs, storage_path, resume, progress, run_id)
     except BaseException as err:
@@ -135,6 +134,7 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
 def _fit_with_ray(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_path: str, resume: bool,
                   progress: bool, run_id: str) -> TrainResult:
     _ensure_ray(spec)
+    _check_placeable(spec)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -214,6 +214,40 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _checkpoint_uri(storage_uri: str, path: str) -> str:
     return f"s3://{path}" if storage.parse_uri(storage_uri).scheme == "s3" else path
+
+
+def _check_resumable(spec: JobSpec) -> None:
+    """The checkpoint a resume would load must come from this model and world size: a clear error
+    now rather than a shape mismatch inside DeepSpeed on every rank."""
+    from vap.errors import ModelError
+    from vap.training import checkpoint as ckpt
+
+    latest = ckpt.latest_committed(job_root(spec))
+    if latest is None:
+        return
+    meta = json.loads(storage.read_bytes(storage.join(latest[1], ckpt.META)))
+    want, have = spec.model.model_dump(mode="json"), meta.get("model")
+    if have is not None and have != want:
+        diff = sorted(k for k in _flatten(want) if _flatten(have).get(k) != _flatten(want)[k])
+        raise ModelError(f"{latest[1]}: checkpoint of job {spec.name} was trained with another model "
+                         f"({', '.join(f'model.{k}={_flatten(have).get(k)!r}' for k in diff)}); restore the job's "
+                         "model section, rename the job, or pass --no-resume")
+    if meta.get("world_size", spec.trainer.workers) != spec.trainer.workers:
+        raise TrainingError(f"{latest[1]}: checkpoint written by {meta['world_size']} workers, the spec asks for "
+                            f"{spec.trainer.workers}; set trainer.workers={meta['world_size']} to resume "
+                            "(ZeRO partitions are per rank)")
+    log.info("resuming job %s from committed checkpoint %s (step %d)", spec.name, latest[1], latest[0])
+
+
+def _check_placeable(spec: JobSpec) -> None:
+    """Workers the Ray cluster cannot place would wait forever: refuse them up front."""
+    import ray
+
+    need = "GPU" if spec.trainer.use_gpu else "CPU"
+    have = ray.cluster_resources().get(need, 0)
+    if spec.trainer.workers > have:
+        raise TrainingError(f"trainer.workers={spec.trainer.workers} needs {spec.trainer.workers} {need}s but the "
+                            f"Ray cluster has {have:g}; lower trainer.workers or add nodes")
 
 
 def _first_line(err: BaseException) -> str:
@@ -406,7 +440,8 @@ class _Worker:
 
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(self.engine, self.model, Path(d), step=self.step, loader_state=self.loader.state_dict(),
-                      meta={"metrics": metrics, "snapshot": self.snapshot, "job": self.spec.name})
+                      meta={"metrics": metrics, "snapshot": self.snapshot, "job": self.spec.name,
+                            "model": self.spec.model.model_dump(mode="json")})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=name,
                              checkpoint_upload_fn=upload)
         dist.barrier()  # every rank's upload has returned

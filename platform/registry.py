@@ -211,7 +211,10 @@ def registry_from(config: str | Path | None, tracking_uri: str | None, model_nam
 def check_alias(alias: str) -> None:
     """MLflow's rules for an alias, checked before any call (it would raise mid-promotion)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+    )
 
     try:
         _validate_model_alias_name(alias)

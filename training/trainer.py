@@ -371,7 +371,7 @@ class _Worker:
         self.null_text = load_null_text(self.snapshot)
         # rank 0 streams step metrics to the run the driver opened (live curves, the progress bar)
         self.tracker = Registry(spec.registry.tracking_uri, spec.registry.model_name) if self.rank == 0 else None
-        self.pending: list[tuple[int, dict]] = []  # step metrics since the last committed checkpoint
+        self.pending: dict[int, dict] = {}  # step → metrics since the last committed checkpoint
         self.step = 0
 
     # parts ------------------------------------------------------------------------------
@@ -391,8 +391,22 @@ class _Worker:
             return
         with tempfile.TemporaryDirectory() as d:
             self.step, loader_state = ckpt.restore(self.engine, ckpt.fetch(latest[1], Path(d)))
+            history = json.loads((Path(d) / ckpt.META).read_text()).get("history", [])
+        if self.tracker:
+            self.log_history(history)
         if loader_state:
             self.loader.load_state_dict(loader_state)
+
+    def log_history(self, history: list) -> None:
+        """The step metrics a checkpoint covers, minus those MLflow already has: a worker killed
+        between the commit and its flush loses none, and none is logged twice (one atomic batch
+        per step, in step order, so MLflow holds a prefix)."""
+        run_id = self.config["run_id"]
+        logged = [s for s, _ in self.tracker.metric_history(run_id, "loss")]
+        last = max(logged) if logged else (0 if self.tracker.metric_history(run_id, "eval_loss") else -1)
+        for step, values in history:
+            if step > last:
+                self.tracker.log_metrics(run_id, step, **values)
 
     def evaluate(self) -> float:
         import torch
@@ -439,16 +453,17 @@ class _Worker:
             return Checkpoint(f"{base}/{self.spec.name}/{dir_name}", filesystem=fs)
 
         with tempfile.TemporaryDirectory() as d:
+            history = sorted(self.pending.items())
             ckpt.save(self.engine, self.model, Path(d), step=self.step, loader_state=self.loader.state_dict(),
                       meta={"metrics": metrics, "snapshot": self.snapshot, "job": self.spec.name,
-                            "model": self.spec.model.model_dump(mode="json")})
+                            "model": self.spec.model.model_dump(mode="json"), "history": history})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=name,
                              checkpoint_upload_fn=upload)
         dist.barrier()  # every rank's upload has returned
         if self.rank == 0:
             ckpt.commit(storage.join(root, name), self.world)
             ckpt.prune(root, self.t.checkpoints_kept)
-            for step, values in self.pending:
+            for step, values in history:
                 self.tracker.log_metrics(self.config["run_id"], step, **values)
         self.pending.clear()
         dist.barrier()
@@ -459,7 +474,7 @@ class _Worker:
 
         self.restore()
         if self.step == 0:
-            self.pending.append((0, {"eval_loss": self.evaluate()}))
+            self.pending[0] = {"eval_loss": self.evaluate()}
         batches = _forever(self.loader)
         last = time.monotonic()
         while self.step < self.t.steps:
@@ -472,11 +487,11 @@ class _Worker:
                       "video_tokens_per_s": self.mean(tokens) * self.world / elapsed}
             peaks = zero.per_rank(zero.peak_memory_mb(), self.world, self.rank)
             values.update({f"peak_memory_mb_rank{r}": mb for r, mb in enumerate(peaks)})
-            self.pending.append((self.step, values))
+            self.pending[self.step] = values
             if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps:
                 eval_loss = self.evaluate()
                 unchanged = self.mean(float(zero.partition_fingerprint(self.frozen) == self.frozen_before)) == 1.0
-                self.pending.append((self.step, {"eval_loss": eval_loss}))
+                values["eval_loss"] = eval_loss
                 self.checkpoint({"step": self.step, "loss": values["loss"], "eval_loss": eval_loss,
                                  "frozen_unchanged": unchanged})
 

@@ -79,15 +79,20 @@ def _sigterm_exits():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    before = signal.signal(signal.SIGTERM, stop)
+    _SIGNALLED.clear()
+    before = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+_SIGNALLED: list[int] = []
+
+
+def _exit_on_signal(signum, frame):
+    _SIGNALLED.append(signum)
+    raise SystemExit(128 + signum)
 
 
 def job_root(spec: JobSpec) -> str:
@@ -123,17 +128,21 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
     try:
         return _fit_with_ray(spec, registry, snapshot, storage_fs, storage_path, resume, progress, run_id)
     except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED"
+        status = "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) or _SIGNALLED else "FAILED"
         try:
             registry.finish_run(run_id, status)
         finally:
             _shutdown_own_ray()
+        if _SIGNALLED:  # whatever Ray turned the signal into on its way out, exit as signalled
+            raise SystemExit(128 + _SIGNALLED[-1]) from None
         raise
 
 
 def _fit_with_ray(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_path: str, resume: bool,
                   progress: bool, run_id: str) -> TrainResult:
     _ensure_ray(spec)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_signal)  # ray.init installs its own (abort) handler
     _check_placeable(spec)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

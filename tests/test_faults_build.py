@@ -49,8 +49,14 @@ def test_ctrl_c_mid_part_then_rerun_loses_no_pair(tiny_backbones, source, tmp_pa
         return real_sample(pair, *args)
 
     monkeypatch.setattr(build_mod, "_sample", ctrl_c_in_second_part)
-    with pytest.raises(KeyboardInterrupt):
-        build_snapshot(spec, progress=False)
+    # Python's own Ctrl-C handler, as in a terminal: a library started by an earlier test in the
+    # same session may have left its own installed (seen in the full suite)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_snapshot(spec, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, before)
     monkeypatch.setattr(build_mod, "_sample", real_sample)
 
     again = build_snapshot(spec, progress=False)

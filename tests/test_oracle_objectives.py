@@ -1,0 +1,149 @@
+"""Each family's training objective against its closed form.
+
+The engine is a stub that is called exactly like the real one and answers with the target the
+paper's formula gives (computed here from the scheduler's config, not by the code under test),
+optionally off by a known error. A perfect prediction must give zero loss; a known error must
+give the loss worked out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_model_helpers import LATENT, shard_batch
+
+from vap.training.families import get_family
+
+C = LATENT["channels"]
+
+
+def cogvideox_alphas_cumprod(config: dict) -> torch.Tensor:
+    """ᾱ_t from the scheduler config: scaled-linear betas, CogVideoX's SNR shift
+    ᾱ / (s + (1 - s) ᾱ), then the zero-terminal-SNR rescale (Lin et al. 2023, Alg. 1)."""
+    assert config["beta_schedule"] == "scaled_linear"
+    n = config["num_train_timesteps"]
+    betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    s = config["snr_shift_scale"]
+    abar = abar / (s + (1 - s) * abar)
+    if config["rescale_betas_zero_snr"]:
+        root = abar.sqrt()
+        first, last = root[0].clone(), root[-1].clone()
+        abar = ((root - last) * first / (first - last)) ** 2
+    return abar
+
+
+class StubEngine:
+    """Called like the DeepSpeed engine / VAPTransformer; predicts `target(noisy, t) + error`."""
+
+    def __init__(self, backbone_config: dict, target, error: float | None):
+        self.config = SimpleNamespace(backbone_config=backbone_config)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.target, self.error, self.seen = target, error, []
+
+    def __call__(self, hidden_states, timestep, return_dict, **kwargs):
+        assert return_dict is False
+        self.seen.append((hidden_states, timestep))
+        if self.error is None:  # predicts zeros: the error is minus the target
+            return (torch.zeros_like(hidden_states[self.target.noisy_slice]),)
+        return (self.target(hidden_states, timestep) + self.error,)
+
+
+def backbone_config(tiny_backbones, family: str) -> dict:
+    return json.loads((tiny_backbones[family] / "transformer" / "config.json").read_text())
+
+
+def scheduler_config(tiny_backbones, family: str) -> dict:
+    return json.loads((tiny_backbones[family] / "scheduler" / "scheduler_config.json").read_text())
+
+
+class CogVideoXTarget:
+    """v = √ᾱ ε − √(1−ᾱ) x0, with ε recovered from the noisy latents the engine is given."""
+
+    noisy_slice = (slice(None), slice(None), slice(0, C))  # [B, F, C, h, w], condition after C
+
+    def __init__(self, batch, abar):
+        self.x0 = batch["target_latent"].double().permute(0, 2, 1, 3, 4)
+        self.abar = abar
+
+    def coefficients(self, timestep):
+        a = self.abar[timestep.long()].view(-1, 1, 1, 1, 1)
+        return a.sqrt(), (1 - a).sqrt()
+
+    def __call__(self, hidden_states, timestep):
+        noisy = hidden_states[self.noisy_slice].double()
+        sa, s1a = self.coefficients(timestep)
+        eps = (noisy - sa * self.x0) / s1a
+        return (sa * eps - s1a * self.x0).float()
+
+    def loss_of_zero(self, hidden_states, timestep):
+        """pred = 0 → x̂0 = √ᾱ x_t; loss = mean_b( mean((x̂0 − x0)²) / (1−ᾱ_b) )."""
+        noisy = hidden_states[self.noisy_slice].double()
+        sa, s1a = self.coefficients(timestep)
+        per_sample = ((sa * noisy - self.x0) ** 2).flatten(1).mean(1)
+        return (per_sample / (s1a.flatten() ** 2)).mean()
+
+
+class WanTarget:
+    """Flow matching: x_t = (1−σ) x0 + σ ε, target ε − x0 = (x_t − x0) / σ, σ = t / N."""
+
+    noisy_slice = (slice(None), slice(0, C))  # [B, C, F, h, w], mask and image after C
+
+    def __init__(self, batch, num_train_timesteps):
+        self.x0 = batch["target_latent"].double()
+        self.n = num_train_timesteps
+
+    def __call__(self, hidden_states, timestep):
+        noisy = hidden_states[self.noisy_slice].double()
+        sigma = (timestep.double() / self.n).view(-1, 1, 1, 1, 1)
+        return ((noisy - self.x0) / sigma).float()
+
+    def loss_of_zero(self, hidden_states, timestep):
+        return (self(hidden_states, timestep).double() ** 2).mean()
+
+
+def make_target(family, batch, tiny_backbones):
+    config = scheduler_config(tiny_backbones, family)
+    if family == "cogvideox":
+        return CogVideoXTarget(batch, cogvideox_alphas_cumprod(config))
+    return WanTarget(batch, config.get("num_train_timesteps", 1000))
+
+
+def test_cogvideox_alphas_match_diffusers(tiny_backbones):
+    """The closed form above is the schedule diffusers builds from the same config."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    scheduler = CogVideoXDDIMScheduler.from_pretrained(tiny_backbones["cogvideox"], subfolder="scheduler")
+    ours = cogvideox_alphas_cumprod(dict(scheduler.config))
+    torch.testing.assert_close(ours.float(), scheduler.alphas_cumprod.float(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan"])
+@pytest.mark.parametrize("error", [0.0, 0.3])
+def test_constant_error_gives_its_square(family, error, tiny_backbones):
+    """An exact prediction gives 0; a constant error δ on the model output gives δ²: for
+    CogVideoX x̂0 − x0 = −√(1−ᾱ) δ, and the 1/(1−ᾱ) weight cancels the (1−ᾱ) it brings."""
+    batch = shard_batch(family, batch=4, seed=1)
+    engine = StubEngine(backbone_config(tiny_backbones, family), make_target(family, batch, tiny_backbones), error)
+    objective = get_family(family).objective(str(tiny_backbones[family]))
+    loss = objective(engine, batch, generator=torch.Generator().manual_seed(0))
+    assert len(engine.seen) == 1
+    assert loss.item() == pytest.approx(error ** 2, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan"])
+def test_zero_prediction_gives_the_hand_computed_weighted_loss(family, tiny_backbones):
+    """Predicting zeros is off by the whole target: the loss is the weighted mean square of
+    the target, computed here from the noisy latents and timesteps the engine was given."""
+    batch = shard_batch(family, batch=4, seed=2)
+    target = make_target(family, batch, tiny_backbones)
+    engine = StubEngine(backbone_config(tiny_backbones, family), target, None)
+    objective = get_family(family).objective(str(tiny_backbones[family]))
+    loss = objective(engine, batch, generator=torch.Generator().manual_seed(5))
+    hidden_states, timestep = engine.seen[0]
+    expected = target.loss_of_zero(hidden_states, timestep).item()
+    assert expected > 0.1  # the target is far from zero: the comparison has something to measure
+    assert loss.item() == pytest.approx(expected, rel=1e-4)

@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+# The servers a test needs, read off the session fixtures it uses (directly or through another
+# fixture): `pytest -m "not ray"` deselects every test that starts the Ray cluster.
+SERVER_MARKERS = {"s3_server": "s3", "mlflow_server": "mlflow", "ray_cluster": "ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in set(SERVER_MARKERS) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(SERVER_MARKERS[fixture])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -106,7 +106,7 @@ def measure(family: str, backbone: Path, steps: int, repeats: int) -> dict:
     common["num_inference_steps"] = steps
 
     # one denoising step alone (the transformer, CFG batch of 2), without encoders and VAE
-    inputs = pipes["joint"]._inputs(image, reference, FRAMES, ["", "a cat"], ["", "a statue"])
+    inputs = pipes["joint"]._inputs(image, [reference], FRAMES, ["", "a cat"], [[""], ["a statue"]])
     axis = pipes["joint"].family.channel_axis
     x = torch.cat([torch.randn(inputs.x0.shape), inputs.condition], axis)
     t = torch.tensor([500, 500])

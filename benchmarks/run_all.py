@@ -119,9 +119,9 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
-def table(rs: list[Row], m: dict, collected: bool) -> str:
+def table(rs: list[Row], m: dict, collected: bool, quick: bool = False) -> str:
     how = ("Collected from the suites' results JSON (each from its own last run)" if collected else
-           f"Measured {m['date']} by `make bench` in one run")
+           f"Measured {m['date']} by `make bench{' QUICK=1' if quick else ''}` in one run")
     lines = [f"{how} on {m['cpus']} CPUs ({m['machine']}, Python {m['python']}, load {m['load_avg_1m']}); "
              "each ratio is measured side by side within its suite.", "",
              "| | what | ratio | goal | |", "|---|---|---|---|---|"]
@@ -187,7 +187,7 @@ def main() -> None:
         paper_scale_p3()
     rs = rows()
     m = machine()
-    text = table(rs, m, collected=args.collect)
+    text = table(rs, m, collected=args.collect, quick=args.quick)
     (RESULTS / "summary.json").write_text(json.dumps({"machine": m, "rows": [asdict(r) for r in rs]}, indent=1) + "\n")
     (RESULTS / "summary.md").write_text(text + "\n")
     plot(rs, RESULTS / "summary.png")

@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.setup-$(SETUP_KEY)
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch-extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup demo test test-fast lint clean bench
+.PHONY: help setup demo test test-fast lint clean bench mutate
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,11 @@ test: setup ## all tests (slow end-to-end ones included)
 
 test-fast: setup ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow"
+
+MUTATE_DIR ?= /tmp/vap-mutate
+mutate: setup ## mutation testing ([tool.mutmut] in pyproject.toml) on a copy of HEAD; not in CI (docs/TESTING.md)
+	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR) && git archive HEAD | tar -x -C $(MUTATE_DIR)
+	cd $(MUTATE_DIR) && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children 2; $(CURDIR)/$(BIN)/mutmut results
 
 bench: setup ## every benchmark side by side in one run → benchmarks/results/summary.{json,md,png} and the README table (QUICK=1: smaller sizes)
 	$(BIN)/python benchmarks/run_all.py $(if $(filter 1 true yes,$(QUICK)),--quick)

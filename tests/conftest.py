@@ -22,6 +22,18 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+if REPO.name == "mutants":  # `make mutate`: mutmut's copy of the tree. The editable install maps
+    # vap.training.* to the work tree and mutmut names mutants by file path (training.rope…), so
+    # import the copy's mutated modules by that name and let vap.training.* refer to them.
+    import importlib
+
+    sys.path.insert(0, str(REPO))
+    for file in sorted((REPO / "training").rglob("*.py")):
+        name = ".".join(file.relative_to(REPO).with_suffix("").parts)
+        if not name.endswith("__init__"):
+            sys.modules["vap." + name] = importlib.import_module(name)
+
+
 # The servers a test needs, read off the session fixtures it uses (directly or through another
 # fixture): `pytest -m "not ray"` deselects every test that starts the Ray cluster.
 SERVER_MARKERS = {"s3_server": "s3", "mlflow_server": "mlflow", "ray_cluster": "ray"}

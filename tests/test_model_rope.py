@@ -8,7 +8,7 @@ import torch
 from test_model_helpers import FAMILIES, forward_kwargs, shard_batch
 
 from vap.training.model import VAPTransformer
-from vap.training.rope import Positions, reference_positions
+from vap.training.rope import Positions, axis_tables, reference_positions
 
 
 def time_columns(model) -> int:
@@ -89,3 +89,26 @@ def test_the_bias_matters(tiny_backbones, family):
         with torch.no_grad():
             outs.append(model(**kw).sample)
     assert not torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_axis_tables_closed_form():
+    """RoPE by hand: axis of size d at position p gets angles p·θ^(-2j/d), j < d/2, each
+    repeated twice in a row (interleaved), axes concatenated t, h, w over a t-major grid."""
+    theta, dims = 100.0, (2, 4, 4)
+    pos = Positions(torch.tensor([-1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([3.0]))
+    cos, sin = axis_tables(dims, pos, theta, torch.float64)
+
+    def angles(d, p):
+        freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        return (p.double() * freqs).repeat_interleave(2)
+
+    tokens = [(t, h, w) for t in pos.t for h in pos.h for w in pos.w]
+    expected = torch.stack([torch.cat([angles(d, p) for d, p in zip(dims, tok, strict=True)]) for tok in tokens])
+    torch.testing.assert_close(cos.double(), expected.cos())
+    torch.testing.assert_close(sin.double(), expected.sin())
+
+
+def test_axis_tables_want_one_size_per_axis():
+    pos = Positions(torch.zeros(1), torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ValueError):
+        axis_tables((2, 2, 2, 2), pos, 10000.0, torch.float64)

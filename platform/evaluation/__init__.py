@@ -1,0 +1,2 @@
+"""Evaluation: the condition recogniser that judges generated clips, the video metrics
+(optical-flow proxies, copying, bootstrap intervals) and `vap eval`."""

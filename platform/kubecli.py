@@ -62,10 +62,10 @@ def prepare_tracking() -> None:
     Reads MLFLOW_BACKEND_STORE_URI and MLFLOW_ARTIFACTS_DESTINATION from the environment, so the
     database password never appears in a command line.
     """
-    from vap import kube
+    from vap import registry
 
-    for line in kube.prepare_tracking_store(os.environ.get("MLFLOW_BACKEND_STORE_URI", ""),
-                                            os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")):
+    for line in registry.prepare_tracking_store(os.environ.get("MLFLOW_BACKEND_STORE_URI", ""),
+                                                os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")):
         typer.echo(line)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -244,3 +245,47 @@ def check_sqlite_store(uri: str, create: bool) -> None:
         reason = getattr(err, "strerror", None) or str(err).split(": ", 1)[-1]
         raise RegistryError(f"{uri}: MLflow cannot write its database there ({reason}); choose a writable "
                             "folder in registry.tracking_uri (or --tracking-uri)") from None
+
+
+# --- the platform chart's bootstrap hook -----------------------------------------------------------
+
+
+_DB_SCHEME = re.compile(r"^(sqlite|postgresql|mysql|mssql)(\+\w+)?://")
+
+
+def prepare_tracking_store(backend_uri: str, artifacts_uri: str) -> list[str]:
+    """Create the artifact bucket if missing and bring the MLflow database schema up to date.
+
+    Run by the platform chart's pre-install/pre-upgrade hook (`vap k8s prepare-tracking`), so
+    the MLflow server never starts on a missing bucket or an old schema. Returns what it did.
+    """
+    from vap import storage
+
+    if not _DB_SCHEME.match(backend_uri or ""):
+        raise RegistryError("MLFLOW_BACKEND_STORE_URI is not a database URI (postgresql://…, mysql://…, sqlite:///…): fix the Secret it comes from")
+    done = []
+    loc = storage.parse_uri(artifacts_uri)
+    if loc.scheme == "s3":
+        client = storage.s3_client()
+        try:
+            client.head_bucket(Bucket=loc.bucket)
+        except Exception:  # missing (404) or not visible: try to create it, which reports clearly
+            try:
+                client.create_bucket(Bucket=loc.bucket)
+            except Exception as err:
+                raise RegistryError(f"cannot create the artifact bucket s3://{loc.bucket}: {type(err).__name__}: {err}") from None
+            done.append(f"created bucket s3://{loc.bucket}")
+    # What `mlflow db upgrade` does (MLflow exposes it only as a CLI command).
+    import mlflow.store.db.utils as db
+
+    engine = db.create_sqlalchemy_engine_with_retry(backend_uri)
+    if db._is_empty_database(engine):
+        db._initialize_tables(engine)
+        done.append("created the MLflow tables")
+    else:
+        db._upgrade_db(engine)
+        done.append("upgraded the MLflow schema to the latest version")
+    engine.dispose()
+    for line in done:
+        log.info(line)
+    return done

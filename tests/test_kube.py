@@ -226,22 +226,6 @@ def test_validate_command_names_the_bad_field(tmp_path, spec_file):
     assert _vap("validate", str(path)).returncode == 0
 
 
-def test_prepare_tracking_creates_bucket_and_schema(s3_server, tmp_path):
-    import boto3
-
-    db = f"sqlite:///{tmp_path}/mlflow.db"
-    assert kube.prepare_tracking_store(db, "s3://mlflow-boot/artifacts") == [
-        "created bucket s3://mlflow-boot", "created the MLflow tables"]
-    assert "mlflow-boot" in [b["Name"] for b in boto3.client("s3", endpoint_url=s3_server).list_buckets()["Buckets"]]
-    # a rerun (every helm upgrade) is harmless: the bucket stays, the schema is brought up to date
-    assert kube.prepare_tracking_store(db, "s3://mlflow-boot/artifacts") == ["upgraded the MLflow schema to the latest version"]
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    assert SqlAlchemyStore(db, "s3://mlflow-boot/artifacts").get_experiment("0").name == "Default"
-    with pytest.raises(kube.KubeError, match="MLFLOW_BACKEND_STORE_URI is not a database URI"):
-        kube.prepare_tracking_store("", "s3://mlflow-boot/artifacts")
-
-
 def test_install_script_is_pinned_and_idempotent():
     script = REPO / "tools" / "install-k8s-tools.sh"
     proc = subprocess.run(["bash", str(script), str(Path(sys.executable).parent.parent)], capture_output=True, text=True, timeout=300)

@@ -28,6 +28,7 @@ def _register_subapps() -> None:
     # Each part of the platform owns its own commands.
     from vap.datasets.cli import app as data_app
     from vap.kubecli import app as k8s_app
+    from vap.retraincli import retrain
     from vap.training.cli import app as model_app
     from vap.training.cli import generate
 
@@ -35,6 +36,7 @@ def _register_subapps() -> None:
     app.add_typer(model_app, name="model")
     app.add_typer(k8s_app, name="k8s")
     app.command("generate")(generate)  # `vap generate` = `vap model generate`, the common case
+    app.command("retrain")(retrain)  # what a scheduled run executes
 
 
 @spec_app.command("check")

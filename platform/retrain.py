@@ -1,0 +1,138 @@
+"""`vap retrain`: one idempotent retraining cycle — data → snapshot → training job → gate.
+
+What a scheduled run executes, on a cluster and on one machine:
+
+1. build the snapshot of `data.source` (a no-op that finds the last one when the source is
+   unchanged: `vap.datasets.build` keys it by the source listing and by content);
+2. train the job `<spec name>-<snapshot id>`: a name derived from the spec and the data, so a
+   repeated cycle on the same data resumes that job, or finds it finished and trains nothing;
+3. evaluate: the eval loss the trainer recorded on the held-out split (tag `metric.eval_loss`
+   of the registered version);
+4. per policy, register only, or promote through the gate: the candidate takes `@champion`
+   only if no champion exists or its eval loss is no worse than the champion's.
+
+It returns a `Cycle` that says what it decided and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vap.errors import RegistryError
+from vap.registry import CHAMPION, Registry
+from vap.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["register", "promote"]
+POLICIES = ("register", "promote")
+GATE_METRIC = "eval_loss"  # lower is better; recorded by the trainer on the val split
+
+
+def job_name(spec_name: str, snapshot_id: str) -> str:
+    """`<spec name>-<8 hex of the snapshot>`: a valid job name (≤ 42 characters), the same for
+    the same spec and data, so a repeated cycle resumes or no-ops."""
+    digest = hashlib.sha256(snapshot_id.encode()).hexdigest()[:8]
+    return f"{spec_name[:33].rstrip('-')}-{digest}"
+
+
+@dataclass
+class Cycle:
+    """What one cycle did and why (also what `vap retrain` prints)."""
+
+    job: str
+    snapshot: str
+    data_changed: bool
+    trained: bool  # False: the job had finished before this cycle
+    version: str
+    decision: Literal["promoted", "registered", "refused", "unchanged"]
+    reasons: list[str] = field(default_factory=list)
+    metric: float | None = None
+    champion_metric: float | None = None
+
+    def summary(self) -> str:
+        head = f"{self.decision}: job {self.job}, snapshot {self.snapshot}, version {self.version}"
+        return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _metric(registry: Registry, version: str) -> float | None:
+    value = registry.get_version(version).tags.get(f"metric.{GATE_METRIC}")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def gate(registry: Registry, version: str) -> tuple[bool, str, float | None, float | None]:
+    """(passes, why, candidate metric, champion metric): the candidate may take @champion."""
+    candidate = _metric(registry, version)
+    champion = registry.version_of(CHAMPION)
+    if champion is None:
+        return True, f"no @{CHAMPION} yet", candidate, None
+    held = _metric(registry, champion)
+    if candidate is None:
+        return False, f"version {version} records no {GATE_METRIC}: cannot compare it", None, held
+    if held is None:
+        return True, f"@{CHAMPION} (version {champion}) records no {GATE_METRIC}", candidate, None
+    if candidate <= held:
+        return True, f"{GATE_METRIC} {candidate:.4g} <= @{CHAMPION} version {champion}'s {held:.4g}", candidate, held
+    return False, f"{GATE_METRIC} {candidate:.4g} > @{CHAMPION} version {champion}'s {held:.4g}", candidate, held
+
+
+def promote(registry: Registry, version: str) -> str:
+    """The gated promotion: move @champion to `version`; what it did, as one line."""
+    return registry.promote(version=version, alias=CHAMPION).summary()
+
+
+def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None = None,
+            train: Callable | None = None, registry: Registry | None = None) -> Cycle:
+    """One cycle (see the module docstring). `build(spec) -> Snapshot` and `train(spec) ->
+    TrainResult` default to `vap.datasets.build.build_snapshot` and `vap.training.trainer.train`."""
+    if policy not in POLICIES:
+        raise RegistryError(f"promotion policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+    if build is None:
+        from vap.datasets.build import build_snapshot as build
+    if train is None:
+        from vap.training.trainer import train
+    if registry is None:
+        from vap import storage
+
+        registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
+                            artifact_location=storage.join(spec.storage.uri, "mlflow-artifacts"))
+    reasons = []
+    snapshot = build(spec)
+    data_changed = not snapshot.reused
+    reasons.append(f"data: snapshot {snapshot.id} " + ("built from new data" if data_changed else "unchanged, reused"))
+
+    job = job_name(spec.name, snapshot.id)
+    job_spec = spec.model_copy(update={"name": job, "data": spec.data.model_copy(update={"snapshot": snapshot.id})})
+    before = registry.find_run(job)
+    finished = before is not None and before.info.status == "FINISHED" and bool(before.data.tags.get("vap.version"))
+    result = train(job_spec)
+    reasons.append(f"train: job {job} " + ("had finished already: not trained again" if finished else
+                                            f"trained, registered version {result.version}"))
+    cycle = Cycle(job, snapshot.id, data_changed, not finished, result.version, "registered", reasons)
+
+    if registry.version_of(CHAMPION) == result.version:
+        cycle.decision = "unchanged"
+        reasons.append(f"registry: version {result.version} is @{CHAMPION} already")
+    elif policy == "register":
+        reasons.append("policy: register only; @champion not moved")
+    else:
+        passes, why, cycle.metric, cycle.champion_metric = gate(registry, result.version)
+        if passes:
+            cycle.decision = "promoted"
+            reasons.append(f"gate passed ({why}): {promote(registry, result.version)}")
+        else:
+            cycle.decision = "refused"
+            reasons.append(f"gate refused ({why}): @{CHAMPION} not moved")
+    for line in reasons:
+        log.info("retrain %s: %s", job, line)
+    return cycle

@@ -1,0 +1,24 @@
+"""`vap retrain`: one retraining cycle (a thin shell over `vap.retrain.retrain`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def retrain(
+    config: Path = typer.Option(..., "--config", "-c", help="Job spec YAML (its name prefixes the job; data.source is watched)."),
+    policy: str = typer.Option("promote", "--policy", help="promote: move @champion when the gate passes (eval loss no worse "
+                                                             "than the champion's); register: only register the version."),
+    json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON (what the operator reads)."),
+) -> None:
+    """One idempotent retraining cycle: build the snapshot if the data changed, train the job
+    `<name>-<snapshot>` (a repeated cycle resumes or does nothing), then register or promote
+    through the gate. Prints what it decided and why."""
+    from vap.retrain import retrain as run_cycle
+    from vap.spec import load_spec
+
+    cycle = run_cycle(load_spec(config), policy)
+    typer.echo(json.dumps(cycle.as_dict(), indent=1) if json_out else cycle.summary())

@@ -1,0 +1,94 @@
+"""`vap retrain`: one cycle's decisions against a real MLflow registry (sqlite), with the build
+and the trainer replaced by recorders (their own tests cover them; here: what the cycle decides)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from vap.errors import RegistryError
+from vap.registry import Registry
+from vap.retrain import job_name, retrain
+from vap.spec import parse_spec
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    return parse_spec({"name": "nightly", "model": {"family": "cogvideox", "backbone": str(tmp_path / "bb")},
+                       "data": {"source": str(tmp_path / "raw"), "shards": str(tmp_path / "shards")},
+                       "storage": {"uri": str(tmp_path / "runs")},
+                       "registry": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "model_name": "expert"}})
+
+
+class World:
+    """The data source (its current snapshot id) and a trainer that, like the real one, trains a
+    job once and finds it finished afterwards."""
+
+    def __init__(self, registry):
+        self.registry, self.data, self.built, self.trained = registry, "snap-a", set(), []
+        self.eval_loss = {"snap-a": 0.5}
+
+    def build(self, spec):
+        reused = self.data in self.built
+        self.built.add(self.data)
+        return SimpleNamespace(id=self.data, reused=reused)
+
+    def train(self, spec):
+        run = self.registry.find_run(spec.name)
+        if run is not None and run.info.status == "FINISHED":
+            return SimpleNamespace(version=run.data.tags["vap.version"])
+        self.trained.append((spec.name, spec.data.snapshot))
+        run_id = self.registry.start_run(spec.name, {}, {})
+        version = self.registry.register(run_id, f"/ckpt/{spec.name}/expert",
+                                         {"metric.eval_loss": self.eval_loss[spec.data.snapshot]})
+        self.registry.set_tags(run_id, **{"vap.version": version})
+        self.registry.finish_run(run_id)
+        return SimpleNamespace(version=version)
+
+    def cycle(self, spec, policy="promote"):
+        return retrain(spec, policy, build=self.build, train=self.train, registry=self.registry)
+
+
+@pytest.fixture()
+def world(spec):
+    return World(Registry(spec.registry.tracking_uri, "expert"))
+
+
+def test_job_name_is_stable_valid_and_keyed_by_data(spec):
+    assert job_name("nightly", "abc") == job_name("nightly", "abc") != job_name("nightly", "abd")
+    long = job_name("x" * 42, "abc")
+    assert len(long) <= 42 and parse_spec({**spec.model_dump(mode="json"), "name": long}).name == long
+    assert job_name("nightly", "abc").startswith("nightly-")
+
+
+def test_cycles_promote_then_noop_then_gate_refuses_worse_data(spec, world):
+    first = world.cycle(spec)
+    assert (first.decision, first.data_changed, first.trained) == ("promoted", True, True)
+    assert world.registry.version_of("champion") == first.version
+    assert world.trained == [(job_name("nightly", "snap-a"), "snap-a")]  # trained on the snapshot it built
+
+    again = world.cycle(spec)  # same data: same job, nothing trained, nothing moved
+    assert (again.decision, again.data_changed, again.trained, again.job) == ("unchanged", False, False, first.job)
+    assert len(world.trained) == 1
+
+    world.data, world.eval_loss["snap-b"] = "snap-b", 0.9  # new data, a worse model
+    worse = world.cycle(spec)
+    assert (worse.decision, worse.data_changed, worse.trained) == ("refused", True, True)
+    assert worse.job != first.job and (worse.metric, worse.champion_metric) == (0.9, 0.5)
+    assert world.registry.version_of("champion") == first.version
+    assert "0.9 > @champion" in worse.summary()
+
+    world.data, world.eval_loss["snap-c"] = "snap-c", 0.4  # newer data, a better model
+    better = world.cycle(spec)
+    assert better.decision == "promoted" and world.registry.version_of("champion") == better.version
+
+
+def test_register_only_policy_never_moves_champion(spec, world):
+    cycle = world.cycle(spec, policy="register")
+    assert cycle.decision == "registered" and world.registry.version_of("champion") is None
+    assert world.registry.version_of("challenger") == cycle.version
+
+
+def test_unknown_policy_is_refused_before_any_work(spec, world):
+    with pytest.raises(RegistryError, match="policy 'sometimes' is unknown"):
+        world.cycle(spec, policy="sometimes")
+    assert world.built == set()

@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.setup-$(SETUP_KEY)
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch-extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup demo test test-fast lint clean bench mutate
+.PHONY: help setup demo retrain-demo test test-fast lint clean bench mutate
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,17 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: setup ## the whole loop on this machine: synth data → shards → train → register → promote
 	$(BIN)/vap demo
+
+RETRAIN := .vap-demo/retrain
+RETRAIN_ARGS := -c examples/demo.yaml name=vap-nightly data.source=$(RETRAIN)/raw data.shards=$(RETRAIN)/shards trainer.steps=10
+retrain-demo: setup ## one scheduled cycle per step as data arrives: first data → promoted; same data → nothing; new data → gated
+	$(BIN)/vap model tiny cogvideox .vap-demo/models/tiny-cogvideox
+	$(BIN)/vap data synth $(RETRAIN)/day1 --seed 0 --no-progress && $(BIN)/vap data synth $(RETRAIN)/day2 --seed 1 --no-progress
+	rm -rf $(RETRAIN)/raw && cp -r $(RETRAIN)/day1 $(RETRAIN)/raw
+	$(BIN)/vap retrain $(RETRAIN_ARGS)
+	$(BIN)/vap retrain $(RETRAIN_ARGS)
+	rm -rf $(RETRAIN)/raw && cp -r $(RETRAIN)/day2 $(RETRAIN)/raw
+	$(BIN)/vap retrain $(RETRAIN_ARGS)
 
 test: setup ## all tests (slow end-to-end ones included)
 	$(BIN)/pytest

@@ -12,6 +12,7 @@ def retrain(
     config: Path = typer.Option(..., "--config", "-c", help="Job spec YAML (its name prefixes the job; data.source is watched)."),
     policy: str = typer.Option("promote", "--policy", help="promote: move @champion when the gate passes (eval loss no worse "
                                                              "than the champion's); register: only register the version."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides of the spec, validated by its schema: trainer.steps=5"),
     json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON (what the operator reads)."),
 ) -> None:
     """One idempotent retraining cycle: build the snapshot if the data changed, train the job
@@ -20,5 +21,5 @@ def retrain(
     from vap.retrain import retrain as run_cycle
     from vap.spec import load_spec
 
-    cycle = run_cycle(load_spec(config), policy)
+    cycle = run_cycle(load_spec(config, overrides or ()), policy)
     typer.echo(json.dumps(cycle.as_dict(), indent=1) if json_out else cycle.summary())

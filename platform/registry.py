@@ -8,10 +8,13 @@ it before, so a rollback is one more `promote`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -22,18 +25,34 @@ from vap.errors import RegistryError
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+PROMOTED, REFUSED, FORCED, ROLLED_BACK = "promoted", "refused", "forced", "rolled_back"
+LEDGER_RUN = "registry-ledger"  # one run per model in the experiment holds the ledger artifacts
+EVAL_PREFIX = "eval."  # evaluation metrics: run metrics and version tags of this name
 
 
 @dataclass(frozen=True)
 class Promotion:
+    """One decision of the gate, as the ledger records it."""
+
     model_name: str
     alias: str
     version: str
     previous: str | None
+    decision: str = PROMOTED  # promoted | refused | forced | rolled_back
+    failures: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def moved(self) -> bool:
+        return self.decision != REFUSED
 
     def summary(self) -> str:
+        if not self.moved:
+            return (f"{self.model_name}@{self.alias} stays at version {self.previous}: version {self.version} refused — "
+                    + "; ".join(self.failures))
         was = f"(was version {self.previous})" if self.previous else "(new alias)"
-        return f"{self.model_name}@{self.alias} -> version {self.version} {was}"
+        how = "" if self.decision == PROMOTED else f" [{self.decision.replace('_', ' ')}: {self.reason}]"
+        return f"{self.model_name}@{self.alias} -> version {self.version} {was}{how}"
 
 
 def code_version() -> str:
@@ -47,7 +66,7 @@ def code_version() -> str:
 
 class Registry:
     def __init__(self, tracking_uri: str, model_name: str, experiment: str = "vap",
-                 artifact_location: str | None = None, create: bool = True):
+                 artifact_location: str | None = None, create: bool = True, lock_uri: str | None = None):
         from vap.spec import parse_tracking_uri
 
         self.tracking_uri = parse_tracking_uri(tracking_uri)
@@ -57,6 +76,12 @@ class Registry:
         # Only used when this client creates the experiment against a local store; a tracking
         # server chooses (and proxies) its own artifact store.
         self.artifact_location = artifact_location
+        # Where promotions take their lease (a storage URI; the spec's storage.uri). A sqlite
+        # store's own folder serves when none is given.
+        if lock_uri is None and self.tracking_uri.startswith("sqlite:///"):
+            lock_uri = str(Path(self.tracking_uri.removeprefix("sqlite:///")).parent)
+        self.lock_uri = lock_uri
+        self.policy = None  # a PromotionSpec (the job spec's registry.promotion); None: the default gate
         self._client = None
 
     @property
@@ -168,22 +193,204 @@ class Registry:
             ref = version
         return self.get_version(ref)
 
-    def promote(self, version: str | None = None, alias: str = CHAMPION) -> Promotion:
-        """Point `alias` at `version` (default: the challenger); tag the version with the audit trail."""
+    # --- evaluation ----------------------------------------------------------------------
+    def version_metrics(self, version: str) -> dict[str, float]:
+        """What the gate reads: training's `metric.*` tags (prefix dropped) and evaluation's `eval.*` tags."""
+        metrics = {}
+        for key, value in self.get_version(version).tags.items():
+            name = key.removeprefix("metric.") if key.startswith("metric.") else key if key.startswith(EVAL_PREFIX) else None
+            if name is None:
+                continue
+            try:
+                metrics[name] = float(value)
+            except ValueError:
+                continue
+        return metrics
+
+    def record_evaluation(self, version: str, metrics: dict[str, float], artifacts=(),
+                          artifact_path: str = "evaluation") -> None:
+        """Put evaluation results on a model version: metrics on its run and as version tags (the
+        gate reads the tags), files (a grid PNG, an mp4, JSON) as artifacts of its run under
+        `<artifact_path>/v<version>/`. Names start with `eval.` (e.g. eval.val.alignment_top1)."""
+        from mlflow.entities import Metric
+
+        wrong = [k for k in metrics if not k.startswith(EVAL_PREFIX)]
+        if wrong:
+            raise RegistryError(f"evaluation metric {wrong[0]!r} does not start with {EVAL_PREFIX!r}; "
+                                "name it eval.<split>.<metric> (e.g. eval.val.loss)")
+        mv = self.get_version(version)
+        now = int(time.time() * 1000)
+        if mv.run_id:
+            self.client.log_batch(mv.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            for path in artifacts:
+                self.client.log_artifact(mv.run_id, str(path), f"{artifact_path}/v{version}")
+        for key, value in metrics.items():
+            self.client.set_model_version_tag(self.model_name, str(version), key, repr(float(value)))
+        log.info("%s version %s: recorded %d evaluation metrics", self.model_name, version, len(metrics))
+
+    # --- promotion: gate, ledger, rollback -------------------------------------------------
+    def promote(self, version: str | None = None, alias: str = CHAMPION, policy=None,
+                force: bool = False, reason: str = "") -> Promotion:
+        """Move `alias` to `version` (default: the challenger) if it passes `policy` (a
+        PromotionSpec; default: the spec's default gate) against the alias's holder. Refusals move
+        nothing. `force` needs a `reason`. Every decision is appended to the ledger."""
+        from vap import gate
+        from vap.spec import PromotionSpec
+
         check_alias(alias)
+        if force and not reason.strip():
+            raise RegistryError("--force needs --reason TEXT: the ledger records why the gate was bypassed")
         if version is None:
             version = self.version_of(CHALLENGER)
             if version is None:
                 raise RegistryError(
                     f"{self.model_name} has no @{CHALLENGER} version to promote; run `vap train` or pass --version"
                 )
-        self.get_version(version)  # exists?
-        previous = self.version_of(alias)
-        self.client.set_registered_model_alias(self.model_name, alias, version)
-        self.client.set_model_version_tag(self.model_name, version, f"vap.promoted_to.{alias}",
-                                          f"previous={previous or 'none'} by={os.environ.get('USER', 'unknown')}")
-        log.info("%s@%s: %s -> %s", self.model_name, alias, previous, version)
-        return Promotion(self.model_name, alias, str(version), previous)
+        version = str(self.get_version(version).version)
+        policy = policy or self.policy or PromotionSpec()
+        with self._lock():
+            previous = self.version_of(alias)
+            challenger = self.version_metrics(version)
+            champion = self.version_metrics(previous) if previous and previous != version else None
+            failures = tuple(str(f) for f in gate.check(policy, challenger, champion))
+            decision = FORCED if failures and force else REFUSED if failures else PROMOTED
+            moved = Promotion(self.model_name, alias, version, previous, decision, failures,
+                              reason.strip() or ("gate passed" if not failures else "gate failed"))
+            if moved.moved:
+                self.client.set_registered_model_alias(self.model_name, alias, version)
+                self.client.set_model_version_tag(self.model_name, version, f"vap.promoted_to.{alias}",
+                                                  f"previous={previous or 'none'} by={_who()}")
+            self._append(moved, challenger, champion or {}, policy.model_dump(mode="json"))
+        log.info("%s", moved.summary())
+        return moved
+
+    def rollback(self, alias: str = CHAMPION, reason: str = "") -> Promotion:
+        """Point `alias` back at the version it held before its latest promotion (by the ledger)."""
+        check_alias(alias)
+        with self._lock():
+            current = self.version_of(alias)
+            entries = [e for e in self.history() if e["alias"] == alias]
+            # Walk back over promotions (not rollbacks) that put the current holder there: a second
+            # rollback goes one further back, like popping a stack.
+            undone = [e for e in entries if e["decision"] == ROLLED_BACK]
+            stack = [e for e in entries if e["decision"] in (PROMOTED, FORCED)]
+            for e in undone:
+                if stack and stack[-1]["version"] == e["previous"]:
+                    stack.pop()
+            if not stack or stack[-1]["version"] != current or not stack[-1]["previous"]:
+                raise RegistryError(f"{self.model_name}@{alias} (version {current}) has no earlier holder in the "
+                                    f"ledger to roll back to; use `vap promote --version N --force --reason …`")
+            target = stack[-1]["previous"]
+            self.get_version(target)
+            self.client.set_registered_model_alias(self.model_name, alias, target)
+            moved = Promotion(self.model_name, alias, target, current, ROLLED_BACK, (), reason.strip() or "rollback")
+            self._append(moved, self.version_metrics(target), self.version_metrics(current), {})
+        log.info("%s", moved.summary())
+        return moved
+
+    def history(self) -> list[dict]:
+        """Every decision on this model, oldest first (the ledger artifacts)."""
+        import json
+
+        run = self._ledger_run(create=False)
+        if run is None:
+            return []
+        files = sorted(f.path for f in self.client.list_artifacts(run, "ledger") if not f.is_dir)
+        if not files:
+            return []
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(self.client.download_artifacts(run, "ledger", tmp))
+            return [json.loads((local / Path(f).name).read_text()) for f in files]
+
+    def audit(self) -> list[str]:
+        """Aliases whose holder is not what the ledger's last decision left there (moved outside the gate)."""
+        last: dict[str, str] = {}
+        for e in self.history():
+            if e["decision"] != REFUSED:
+                last[e["alias"]] = e["version"]
+        problems = []
+        model = self.client.get_registered_model(self.model_name)
+        aliases = dict(getattr(model, "aliases", {}) or {})
+        for alias in sorted(set(last) | {a for a in aliases if a != CHALLENGER}):
+            held, recorded = aliases.get(alias), last.get(alias)
+            if str(held) != str(recorded):
+                problems.append(f"{self.model_name}@{alias} is version {held or 'unset'} but the ledger's last decision "
+                                f"left version {recorded or 'unset'}: it was moved outside `vap promote`")
+        return problems
+
+    def _append(self, moved: Promotion, challenger: dict, champion: dict, policy: dict) -> None:
+        """Add one ledger entry: a new artifact (never overwritten) and a tag on the challenger version."""
+        import json
+
+        run = self._ledger_run(create=True)
+        seq = len([f for f in self.client.list_artifacts(run, "ledger") if not f.is_dir]) + 1
+        entry = {"seq": seq, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": _who(),
+                 "model": self.model_name, "alias": moved.alias, "decision": moved.decision,
+                 "version": moved.version, "previous": moved.previous, "reason": moved.reason,
+                 "failures": list(moved.failures), "metrics": {"version": challenger, "previous": champion},
+                 "policy": policy}
+        self.client.log_text(run, json.dumps(entry, indent=2, sort_keys=True), f"ledger/{seq:06d}-{moved.decision}.json")
+        self.client.set_model_version_tag(self.model_name, moved.version, f"vap.ledger.{seq:06d}",
+                                          f"{moved.decision} {moved.alias} previous={moved.previous or 'none'} "
+                                          f"by={entry['who']} at={entry['when']}: {moved.reason}"[:5000])
+
+    def _ledger_run(self, create: bool) -> str | None:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            runs = self.client.search_runs([exp.experiment_id], f"tags.`vap.ledger` = '{self.model_name}'", max_results=1)
+            if runs:
+                return runs[0].info.run_id
+        if not create:
+            return None
+        local_store = not self.tracking_uri.startswith("http")
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.experiment, artifact_location=self.artifact_location if local_store else None)
+        run = self.client.create_run(exp_id, run_name=f"{LEDGER_RUN}-{self.model_name}", tags={"vap.ledger": self.model_name})
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    @contextlib.contextmanager
+    def _lock(self, wait: float = 60.0):
+        """Serialise decisions on this model across processes: a TTL lease (a crash frees it in
+        `ttl` seconds) in `lock_uri`; without one, decisions in this process only."""
+        from vap import lease
+        from vap.errors import LeaseError
+
+        if self.lock_uri is None:
+            with _LOCAL_LOCK:
+                yield
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                held = lease.hold(self.lock_uri, f".vap-registry-{self.model_name}", ttl=30.0)
+                held.__enter__()
+                break
+            except LeaseError as err:
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"another promotion of {self.model_name} holds the lock for over {wait:.0f}s "
+                                        f"({str(err).split(' since ')[0]}); retry when it is done") from None
+                time.sleep(0.2 + random.random() * 0.3)
+        try:
+            yield
+        finally:
+            held.__exit__(None, None, None)
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+_LOCAL_LOCK = threading.Lock()
 
 
 def _params(params: dict):
@@ -194,19 +401,22 @@ def _params(params: dict):
 
 def registry_from(config: str | Path | None, tracking_uri: str | None, model_name: str | None) -> Registry:
     """A Registry from a job spec, overridden by explicit options."""
-    experiment = "vap"
+    experiment, policy, lock_uri = "vap", None, os.environ.get("VAP_REGISTRY_LOCK_URI")
     if config is not None:
         from vap.spec import load_spec
 
-        spec = load_spec(config).registry
+        job = load_spec(config)
+        spec = job.registry
         tracking_uri = tracking_uri or spec.tracking_uri
         model_name = model_name or spec.model_name
-        experiment = spec.experiment
+        experiment, policy, lock_uri = spec.experiment, spec.promotion, lock_uri or job.storage.uri
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri or not model_name:
         raise RegistryError("say which registry: --config job.yaml, or --tracking-uri and --model-name "
                             "(or MLFLOW_TRACKING_URI)")
-    return Registry(tracking_uri, model_name, experiment, create=False)
+    registry = Registry(tracking_uri, model_name, experiment, create=False, lock_uri=lock_uri)
+    registry.policy = policy
+    return registry
 
 
 def check_alias(alias: str) -> None:

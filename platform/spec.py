@@ -152,10 +152,34 @@ class StorageSpec(_Strict):
     uri: URI = Field(description="Root for runs and checkpoints: path, file:// or s3://bucket/prefix.")
 
 
+class MetricGate(_Strict):
+    greater_is_better: bool = Field(description="Direction of the metric (eval loss: false; alignment: true).")
+    threshold: float | None = Field(
+        None, description="Absolute bar: the challenger's value must be >= it (greater is better) or <= it.")
+    margin: float = Field(
+        0.0, ge=0, description="Non-regression: the challenger may be worse than @champion by at most this (0: equal or better).")
+
+
+class PromotionSpec(_Strict):
+    metrics: dict[str, MetricGate] = Field(
+        default_factory=lambda: {"eval_loss": MetricGate(greater_is_better=False)},
+        description="The gate of `vap promote`: metric name (a version's metric.* / eval.* tags) → its rule. "
+                    "Every metric named must be on the challenger.")
+    required: list[str] = Field(
+        default_factory=list, description="More metrics the challenger must carry, without a rule (e.g. eval.val.loss).")
+
+    @model_validator(mode="after")
+    def _nonempty(self):
+        if not self.metrics and not self.required:
+            raise ValueError("a promotion gate needs at least one metric; list metrics or use `vap promote --force`")
+        return self
+
+
 class RegistrySpec(_Strict):
     tracking_uri: str = Field(description="MLflow tracking URI: http(s)://host:port or sqlite:///path.db.")
     experiment: str = "vap"
     model_name: str = Field("vap-expert", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="What a challenger must show to become @champion.")
 
     @field_validator("tracking_uri")
     @classmethod

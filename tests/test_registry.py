@@ -16,18 +16,18 @@ def registry(mlflow_server, request):
 
 def test_register_sets_challenger_and_promote_moves_champion(registry, s3_bucket):
     run = registry.start_run("job-a", {"trainer.lr": 1e-3}, {"vap.snapshot": "snap"})
-    v1 = registry.register(run, f"{s3_bucket}/runs/job-a/ckpt1/expert", {"data_snapshot": "snap"})
+    v1 = registry.register(run, f"{s3_bucket}/runs/job-a/ckpt1/expert", {"data_snapshot": "snap", "metric.eval_loss": 0.5})
     assert registry.version_of("challenger") == v1
     assert registry.version_of("champion") is None
     first = registry.promote()
     assert (first.version, first.previous) == (v1, None)
-    v2 = registry.register(run, f"{s3_bucket}/runs/job-a/ckpt2/expert", {})
+    v2 = registry.register(run, f"{s3_bucket}/runs/job-a/ckpt2/expert", {"metric.eval_loss": 0.4})
     assert registry.version_of("challenger") == v2 and registry.version_of("champion") == v1
     second = registry.promote()
     assert (second.version, second.previous) == (v2, v1)
     assert registry.resolve("@champion").source == f"{s3_bucket}/runs/job-a/ckpt2/expert"
     # rollback is one more promote, and the audit trail is on the version
-    assert registry.promote(version=v1).previous == v2
+    assert registry.promote(version=v1, force=True, reason="back to v1").previous == v2
     tags = registry.get_version(v1).tags
     assert tags["vap.promoted_to.champion"].startswith(f"previous={v2}")
     assert tags["data_snapshot"] == "snap"
@@ -52,7 +52,7 @@ def test_unreachable_tracking_server_is_one_clear_line():
 
 def test_cli_promote(registry, mlflow_server):
     run = registry.start_run("job-b", {}, {})
-    version = registry.register(run, "s3://bucket/x/expert", {})
+    version = registry.register(run, "s3://bucket/x/expert", {"metric.eval_loss": 0.5})
     out = subprocess.run([str(REPO / ".venv/bin/vap"), "promote", "--tracking-uri", mlflow_server,
                           "--model-name", registry.model_name], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

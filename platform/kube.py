@@ -325,9 +325,29 @@ def object_problems(obj: dict, k8s_version: str = KUBERNETES_VERSION) -> list[st
         kubernetes_validate.validate(obj, k8s_version, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
         return [f"{kind}/{name}: {key[0]} {kind} is not a Kubernetes {k8s_version} kind nor a KubeRay {KUBERAY_VERSION} one"]
-    except kubernetes_validate.ValidationError as err:
-        return [f"{kind}/{name}: {_where(err.path)}: {err.message}"]
+    except kubernetes_validate.ValidationError as err:  # validate() stops at the first problem: list them all
+        errors = sorted(_builtin_validator(key[0], kind, k8s_version).iter_errors(obj),
+                        key=lambda e: list(e.absolute_path))
+        return [f"{kind}/{name}: {_where(e.absolute_path)}: {e.message}" for e in errors] or \
+            [f"{kind}/{name}: {_where(err.path)}: {err.message}"]
     return []
+
+
+@functools.cache
+def _builtin_validator(api_version: str, kind: str, k8s_version: str):
+    """kubernetes-validate's strict schema of a built-in kind, as the validator it builds."""
+    import jsonschema
+    from kubernetes_validate.utils import all_versions, major_minor, schema_contents
+    from referencing import Registry, Resource
+
+    # the schemas of the newest release not newer than k8s_version, as kubernetes_validate.validate picks
+    schema_version = [v for v in all_versions() if major_minor(v) <= major_minor(k8s_version)][-1]
+    folder = f"kubernetes-json-schema/v{schema_version}-local-strict"
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)  # rbac.authorization.k8s.io/v1 → rbac-v1
+    schema = schema_contents(f"{folder}/{kind.lower()}-{group}.json", schema_version)
+    registry = Resource.from_contents(schema_contents(f"{folder}/_definitions.json", schema_version)) @ (
+        Resource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
 
 
 def validate(objects: list[dict], k8s_version: str = KUBERNETES_VERSION) -> None:

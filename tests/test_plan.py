@@ -58,6 +58,8 @@ def test_all_trainable_model_states_agree_with_deepspeeds_estimator(backbone, gp
     # and frozen-aware, the same job needs far less: the estimator's Adam-for-everything overstates it
     frozen_aware = sum(model_state_bytes(Setup(gpus=gpus), st.frozen_params, st.trainable_params,
                                          st.largest_layer).values())
+    # the estimator charges Adam's 16 bytes/param to the frozen backbone too; frozen weights need
+    # 2 (bf16), and most parameters are frozen here, so the frozen-aware state is well under 3/4
     assert frozen_aware < 0.75 * ds_gpu
 
 

@@ -28,6 +28,8 @@ def _register_subapps() -> None:
     # Each part of the platform owns its own commands.
     from vap.datasets.cli import app as data_app
     from vap.kubecli import app as k8s_app
+    from vap.registrycli import app as registry_app
+    from vap.registrycli import promote, rollback
     from vap.retraincli import retrain
     from vap.training.cli import app as model_app
     from vap.training.cli import generate
@@ -35,6 +37,9 @@ def _register_subapps() -> None:
     app.add_typer(data_app, name="data")
     app.add_typer(model_app, name="model")
     app.add_typer(k8s_app, name="k8s")
+    app.add_typer(registry_app, name="registry")
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
     app.command("generate")(generate)  # `vap generate` = `vap model generate`, the common case
     app.command("retrain")(retrain)  # what a scheduled run executes
 
@@ -61,22 +66,6 @@ def train(
 
     result = run_training(load_spec(config, overrides or ()), resume=resume)
     typer.echo(result.summary())
-
-
-@app.command()
-def promote(
-    config: Path = typer.Option(None, "--config", "-c", help="Job spec YAML (for tracking URI and model name)."),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (overrides the spec)."),
-    model_name: str = typer.Option(None, help="Registered model name (overrides the spec)."),
-    version: str = typer.Option(None, help="Version to promote; default: the one aliased 'challenger'."),
-    alias: str = typer.Option("champion", help="Alias to move."),
-) -> None:
-    """Move the `champion` alias (or --alias) to a model version, recording the previous holder."""
-    from vap.registry import Registry, registry_from
-
-    registry: Registry = registry_from(config, tracking_uri, model_name)
-    moved = registry.promote(version=version, alias=alias)
-    typer.echo(moved.summary())
 
 
 @app.command()

@@ -499,3 +499,13 @@ def prepare_tracking_store(backend_uri: str, artifacts_uri: str) -> list[str]:
     for line in done:
         log.info(line)
     return done
+
+
+def ledger_line(entry: dict) -> str:
+    """One ledger entry as one line: seq, when, who, what, why."""
+    moved = f"{entry['alias']}: {entry['previous'] or 'none'} -> {entry['version']}"
+    if entry["decision"] == REFUSED:
+        moved = f"{entry['alias']}: version {entry['version']} refused, stays {entry['previous'] or 'none'}"
+    failed = "; ".join(entry.get("failures") or [])
+    why = failed if entry["decision"] == REFUSED else f"{entry.get('reason', '')}" + (f" (gate: {failed})" if failed else "")
+    return f"#{entry['seq']} {entry['when']} {entry['who']} {entry['decision']} {moved} — {why}"

@@ -58,3 +58,28 @@ def test_cli_promote(registry, mlflow_server):
     assert out.returncode == 0, out.stderr
     assert f"@champion -> version {version}" in out.stdout
     assert registry.version_of("champion") == version
+
+
+def test_cli_gate_force_rollback_history_audit(registry, mlflow_server, tmp_path):
+    def vap(*args):
+        return subprocess.run([str(REPO / ".venv/bin/vap"), *args, "--tracking-uri", mlflow_server],
+                              capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                                 "VAP_REGISTRY_LOCK_URI": str(tmp_path)})
+
+    name = ["--model-name", registry.model_name]
+    run = registry.start_run("job-c", {}, {})
+    v1 = registry.register(run, "s3://bucket/c1/expert", {"metric.eval_loss": 0.5})
+    assert vap("promote", *name).returncode == 0
+    v2 = registry.register(run, "s3://bucket/c2/expert", {"metric.eval_loss": 0.7})
+    out = vap("promote", *name)
+    assert out.returncode == 1 and registry.version_of("champion") == v1
+    assert f"stays at version {v1}: version {v2} refused — eval_loss: challenger 0.7 vs champion 0.5" in out.stdout
+    out = vap("promote", *name, "--force")
+    assert out.returncode == 2 and "--force needs --reason" in out.stderr and "Traceback" not in out.stderr
+    assert vap("promote", *name, "--force", "--reason", "known good").returncode == 0
+    out = vap("rollback", *name)
+    assert out.returncode == 0 and registry.version_of("champion") == v1
+    lines = vap("registry", "history", registry.model_name).stdout.splitlines()
+    assert [line.split()[3] for line in lines] == ["promoted", "refused", "forced", "rolled_back"]
+    assert "known good" in lines[2]
+    assert vap("registry", "audit", registry.model_name).returncode == 0

@@ -21,7 +21,7 @@ console = Console(stderr=True, soft_wrap=True)
 def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None) -> None:
     from vap.datasets.build import build_snapshot
     from vap.datasets.synth import synthesize
-    from vap.registry import Registry
+    from vap.registry import Registry, ledger_line
     from vap.training.tiny import make_tiny_backbone
     from vap.training.trainer import train
 
@@ -47,9 +47,12 @@ def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None
     result = train(spec)
     console.print(f"   {result.summary()}")
 
-    _stage(5, "promote @challenger → @champion")
-    registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment)
-    console.print(f"   {registry.promote().summary()}")
+    _stage(5, "gated promotion @challenger → @champion (registry.promotion), and the ledger")
+    registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
+                        lock_uri=spec.storage.uri)
+    console.print(f"   {registry.promote(policy=spec.registry.promotion).summary()}")
+    for entry in registry.history()[-3:]:
+        console.print(f"   ledger {ledger_line(entry)}")
 
     _stage(6, "generate a sample with models:/…@champion (a tiny random backbone: expect abstract motion)")
     sample = _generate_sample(spec)

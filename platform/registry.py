@@ -300,8 +300,15 @@ class Registry:
             return []
         import tempfile
 
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
+
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(self.client.download_artifacts(run, "ledger", tmp))
+            was = os.environ.get(BAR.name)
+            os.environ[BAR.name] = "false"  # a progress bar per ledger read would drown the history
+            try:
+                local = Path(self.client.download_artifacts(run, "ledger", tmp))
+            finally:
+                os.environ.pop(BAR.name) if was is None else os.environ.__setitem__(BAR.name, was)
             return [json.loads((local / Path(f).name).read_text()) for f in files]
 
     def audit(self) -> list[str]:

@@ -20,6 +20,22 @@ def tiny(
     typer.echo(make_tiny_backbone(family, out, seed=seed))
 
 
+@app.command("toy")
+def toy(
+    out: str = typer.Argument(..., help="Folder to write the trained toy CogVideoX-I2V backbone to (hub layout)."),
+    seed: int = typer.Option(0, help="Seed of the clips, the initial weights and the batches."),
+) -> None:
+    """Train a toy CogVideoX-I2V backbone on synthetic clips (VAE, then transformer; ≈10 min on 2 CPUs).
+
+    Writes the diffusers hub layout plus recipe.json (recipe and content key), quality.json
+    (held-out VAE PSNR, continuation PSNR/MSE against baselines) and grid.png. A copy trained
+    with seed 0 ships in the package (vap.training.families.cogvideox.toy.shipped_path()).
+    """
+    from vap.training.families.cogvideox.toy import build
+
+    typer.echo(build(out, seed=seed))
+
+
 @app.command("info")
 def info(
     source: list[str] = typer.Argument(None, help="Shipped config names (default: all of them), or backbone "

@@ -24,14 +24,28 @@ BIN = Path(sys.executable).parent
 
 if REPO.name == "mutants":  # `make mutate`: mutmut's copy of the tree. The editable install maps
     # vap.training.* to the work tree and mutmut names mutants by file path (training.rope…), so
-    # import the copy's mutated modules by that name and let vap.training.* refer to them.
+    # every import of vap.training.<x> (also one inside another module of the copy, whatever the
+    # order) gets the copy's training.<x>: the mutants are what the tests exercise.
     import importlib
+    import importlib.abc
+    import importlib.util
+
+    class _CopyFirst(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            parts = name.split(".")[1:]  # mutmut copies only the mutated files: alias those
+            if name.startswith("vap.training.") and (REPO.joinpath(*parts).with_suffix(".py").is_file()
+                                                     or (REPO.joinpath(*parts) / "__init__.py").is_file()):
+                return importlib.util.spec_from_loader(name, self)
+            return None
+
+        def create_module(self, spec):
+            return importlib.import_module(spec.name.removeprefix("vap."))
+
+        def exec_module(self, module):
+            pass  # already executed under its own name
 
     sys.path.insert(0, str(REPO))
-    for file in sorted((REPO / "training").rglob("*.py")):
-        name = ".".join(file.relative_to(REPO).with_suffix("").parts)
-        if not name.endswith("__init__"):
-            sys.modules["vap." + name] = importlib.import_module(name)
+    sys.meta_path.insert(0, _CopyFirst())
 
 
 # The servers a test needs, read off the session fixtures it uses (directly or through another

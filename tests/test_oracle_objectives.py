@@ -147,3 +147,33 @@ def test_zero_prediction_gives_the_hand_computed_weighted_loss(family, tiny_back
     expected = target.loss_of_zero(hidden_states, timestep).item()
     assert expected > 0.1  # the target is far from zero: the comparison has something to measure
     assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan"])
+def test_noise_draws_follow_the_papers_distributions(family, tiny_backbones):
+    """The loss oracles above recover ε from what the engine is given, so they hold for any
+    noise; this one checks the draws: ε ~ N(0, 1) per element; CogVideoX t ~ U{0, …, N−1};
+    Wan σ = t/N logit-normal(0, 1). Bounds are 5 standard errors of n draws (a false alarm
+    about once in 3 million runs), so a wrong distribution (scale, shift, range) is caught."""
+    n = 512
+    batch = shard_batch(family, batch=n, seed=3)
+    target = make_target(family, batch, tiny_backbones)
+    engine = StubEngine(backbone_config(tiny_backbones, family), target, 0.0)
+    objective = get_family(family).objective(str(tiny_backbones[family]))
+    objective(engine, batch, generator=torch.Generator().manual_seed(7))
+    hidden_states, timestep = engine.seen[0]
+    noisy, t = hidden_states[target.noisy_slice].double(), timestep.double()
+    steps = scheduler_config(tiny_backbones, family).get("num_train_timesteps", 1000)
+    if family == "cogvideox":
+        sa, s1a = target.coefficients(timestep)
+        eps = (noisy - sa * target.x0) / s1a
+        assert t.min() >= 0 and t.max() <= steps - 1 and torch.equal(t, t.round())
+        sd = steps / 12 ** 0.5 / n ** 0.5  # standard error of the mean of U{0, …, N−1}
+        assert abs(t.mean().item() - (steps - 1) / 2) < 5 * sd
+    else:
+        sigma = t / steps
+        eps = (noisy - (1 - sigma.view(-1, 1, 1, 1, 1)) * target.x0) / sigma.view(-1, 1, 1, 1, 1)
+        logit = torch.log(sigma / (1 - sigma))
+        assert abs(logit.mean().item()) < 5 / n ** 0.5 and abs(logit.std().item() - 1) < 5 / (2 * n) ** 0.5
+    m = eps.numel()  # float16 latents: ε is recovered to ~1e-3, far inside these bounds
+    assert abs(eps.mean().item()) < 5 / m ** 0.5 and abs(eps.std().item() - 1) < 5 / (2 * m) ** 0.5

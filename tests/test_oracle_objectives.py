@@ -177,3 +177,47 @@ def test_noise_draws_follow_the_papers_distributions(family, tiny_backbones):
         assert abs(logit.mean().item()) < 5 / n ** 0.5 and abs(logit.std().item() - 1) < 5 / (2 * n) ** 0.5
     m = eps.numel()  # float16 latents: ε is recovered to ~1e-3, far inside these bounds
     assert abs(eps.mean().item()) < 5 / m ** 0.5 and abs(eps.std().item() - 1) < 5 / (2 * m) ** 0.5
+
+
+def test_caption_dropout_blanks_both_captions_of_the_drawn_samples():
+    """Sample b is dropped when the generator's b-th uniform draw is below p (the paper's 2 %):
+    both its captions become the empty caption's embedding, the others stay as they were."""
+    from vap.errors import DataError
+    from vap.training.objectives import drop_captions
+
+    g = torch.Generator().manual_seed(11)
+    text, ref = torch.randn(8, 3, 2, generator=g), torch.randn(8, 3, 2, generator=g)
+    null = torch.full((3, 2), 7.0)
+    assert drop_captions(text, ref, None, 0.0, None) == (text, ref)
+    out_text, out_ref = drop_captions(text, ref, null, 0.5, torch.Generator().manual_seed(3))
+    dropped = torch.rand(8, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert 0 < dropped.sum() < 8  # this seed drops some and keeps some
+    for b in range(8):
+        want_t, want_r = (null, null) if dropped[b] else (text[b], ref[b])
+        assert torch.equal(out_text[b], want_t) and torch.equal(out_ref[b], want_r)
+    all_t, all_r = drop_captions(text, ref, null, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(all_t, null.expand_as(text)) and torch.equal(all_r, null.expand_as(ref))
+    with pytest.raises(DataError, match="null_text"):
+        drop_captions(text, ref, None, 0.1, g)
+    with pytest.raises(DataError, match=r"null_text has shape \(4, 2\) but captions are \(3, 2\)"):
+        drop_captions(text, ref, torch.zeros(4, 2), 0.1, g)
+
+
+def test_the_objective_reads_a_wrapped_engines_module_and_the_default_timesteps(tiny_backbones):
+    """A DeepSpeed engine keeps the model under `.module`; a scheduler config without
+    num_train_timesteps means diffusers' default, 1000."""
+    from vap.training.objectives import Objective
+
+    batch = shard_batch("wan", batch=2, seed=4)
+    stub = StubEngine(backbone_config(tiny_backbones, "wan"), make_target("wan", batch, tiny_backbones), 0.0)
+
+    class Wrapped:  # only the wrapper is called; only the module has a config
+        module = SimpleNamespace(config=stub.config, device=stub.device, dtype=stub.dtype)
+
+        def __call__(self, **kw):
+            return stub(**kw)
+
+    objective = get_family("wan").objective(str(tiny_backbones["wan"]))
+    assert objective(Wrapped(), batch, generator=torch.Generator().manual_seed(0)).item() == pytest.approx(0, abs=1e-5)
+    assert Objective(get_family("wan"), {}).num_train_timesteps == 1000
+    assert Objective(get_family("wan"), {"num_train_timesteps": 10}).num_train_timesteps == 10

@@ -221,3 +221,50 @@ def test_the_objective_reads_a_wrapped_engines_module_and_the_default_timesteps(
     assert objective(Wrapped(), batch, generator=torch.Generator().manual_seed(0)).item() == pytest.approx(0, abs=1e-5)
     assert Objective(get_family("wan"), {}).num_train_timesteps == 1000
     assert Objective(get_family("wan"), {"num_train_timesteps": 10}).num_train_timesteps == 10
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan"])
+def test_draws_are_seeded_and_every_input_reaches_the_engine(family, tiny_backbones):
+    """The same generator seed gives the same noise, timesteps and caption dropout (a resumed run
+    repeats its draws); the engine gets the batch's captions and the clean reference."""
+    batch = shard_batch(family, batch=4, seed=6)
+    objective = get_family(family).objective(str(tiny_backbones[family]))
+    runs = []
+    for seed in (1, 1, 2):
+        engine = RecordingEngine(backbone_config(tiny_backbones, family), make_target(family, batch, tiny_backbones))
+        null = torch.zeros(batch["target_text"].shape[1:])
+        objective(engine, batch, generator=torch.Generator().manual_seed(seed), caption_dropout=0.5, null_text=null)
+        runs.append(engine.kwargs)
+    for key in ("hidden_states", "timestep", "encoder_hidden_states"):
+        assert torch.equal(runs[0][key], runs[1][key]), key
+    assert not torch.equal(runs[0]["hidden_states"], runs[2]["hidden_states"])
+    kw = runs[0]
+    kept = [b for b in range(4) if kw["encoder_hidden_states"][b].abs().sum() > 0]
+    for b in kept:  # captions as the batch holds them (dropped ones are the empty caption's zeros here)
+        torch.testing.assert_close(kw["encoder_hidden_states"][b], batch["target_text"][b].float())
+        torch.testing.assert_close(kw["reference_encoder_hidden_states"][b], batch["reference_text"][b].float())
+    ref = kw["reference_hidden_states"][target_slice(family)]
+    layout = (0, 2, 1, 3, 4) if family == "cogvideox" else (0, 1, 2, 3, 4)
+    torch.testing.assert_close(ref, batch["reference_latent"].float().permute(*layout))  # clean: never noised
+    if family == "wan":
+        torch.testing.assert_close(kw["encoder_hidden_states_image"], batch["target_image_embed"].float())
+
+
+def test_cogvideox_timesteps_cover_the_whole_range(tiny_backbones):
+    """t ~ U{0, …, N−1}: in 20 000 draws both ends appear (missing one has odds ≈ e^-20)."""
+    objective = get_family("cogvideox").objective(str(tiny_backbones["cogvideox"]))
+    _, t, _ = objective.noise(torch.zeros(20_000, 1, 1, 1, 1), torch.Generator().manual_seed(0))
+    assert t.min() == 0 and t.max() == objective.num_train_timesteps - 1
+
+
+def target_slice(family):
+    return (slice(None), slice(None), slice(0, C)) if family == "cogvideox" else (slice(None), slice(0, C))
+
+
+class RecordingEngine(StubEngine):
+    def __init__(self, backbone_config, target):
+        super().__init__(backbone_config, target, 0.0)
+
+    def __call__(self, hidden_states, timestep, return_dict, **kwargs):
+        self.kwargs = dict(kwargs, hidden_states=hidden_states, timestep=timestep)
+        return super().__call__(hidden_states, timestep, return_dict)

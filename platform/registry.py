@@ -386,6 +386,63 @@ class Registry:
             held.__exit__(None, None, None)
 
 
+class GuardedMetrics:
+    """Per-step metrics of a long job that survive a tracking-server outage.
+
+    `log` queues the step and sends everything queued in one batch; a failure (server down,
+    timeout) keeps the queue and retries on a later call, at most every `retry_every` seconds, so
+    a dead server costs a job no time and no crash. What is dropped: beyond `max_pending` queued
+    steps the oldest go first, counted in `dropped` and logged; they stay in the committed
+    checkpoints' history, which a resumed run re-logs. `close` tries a last time and says what is lost.
+    """
+
+    def __init__(self, registry: Registry, run_id: str, max_pending: int = 10_000, retry_every: float = 30.0):
+        self.registry, self.run_id = registry, run_id
+        self.max_pending, self.retry_every = max_pending, retry_every
+        self.pending: list[tuple[int, int, dict]] = []  # (step, timestamp ms, values)
+        self.dropped = 0
+        self._failed_at: float | None = None
+
+    def log(self, step: int, **values: float) -> bool:
+        """Queue one step and try to send the queue; True when MLflow has everything."""
+        self.pending.append((step, int(time.time() * 1000), values))
+        if len(self.pending) > self.max_pending:
+            cut = len(self.pending) - self.max_pending
+            self.dropped += cut
+            self.pending = self.pending[cut:]
+            log.warning("tracking server unreachable: dropped the metrics of %d oldest steps (%d in all; "
+                        "the committed checkpoints keep them)", cut, self.dropped)
+        return self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        from mlflow.entities import Metric
+
+        if not self.pending:
+            return True
+        if not force and self._failed_at is not None and time.monotonic() - self._failed_at < self.retry_every:
+            return False
+        metrics = [Metric(k, float(v), ts, step) for step, ts, values in self.pending for k, v in values.items()]
+        try:
+            for i in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
+                self.registry.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        except Exception as err:  # noqa: BLE001 - any tracking failure: keep the queue, keep training
+            if self._failed_at is None:
+                log.warning("cannot log step metrics to %s (%s: %s); buffering %d steps and retrying every %.0fs",
+                            self.registry.tracking_uri, type(err).__name__, str(err)[:200], len(self.pending),
+                            self.retry_every)
+            self._failed_at = time.monotonic()
+            return False
+        if self._failed_at is not None:
+            log.info("tracking server back: logged %d buffered steps", len(self.pending))
+        self.pending, self._failed_at = [], None
+        return True
+
+    def close(self) -> None:
+        if not self.flush(force=True):
+            log.error("tracking server still unreachable: the metrics of %d steps (%s..%s) are not in MLflow "
+                      "(they are in the committed checkpoints)", len(self.pending), self.pending[0][0], self.pending[-1][0])
+
+
 def _who() -> str:
     import getpass
     import socket

@@ -23,6 +23,7 @@ def test_gate_margin_threshold_and_direction():
     assert str(fail) == ("eval_loss: challenger 0.52 vs champion 0.5: worse by 0.02, margin 0.01 "
                          "(lower is better)")
     assert gate.check(TOP1, {"eval.val.alignment_top1": 0.9}, {"eval.val.alignment_top1": 0.8}) == []
+    assert gate.check(TOP1, {"eval.val.alignment_top1": 0.8}, {"eval.val.alignment_top1": 0.8}) == []  # margin 0: equal passes
     [low, worse] = gate.check(TOP1, {"eval.val.alignment_top1": 0.4}, {"eval.val.alignment_top1": 0.8})
     assert "misses the threshold 0.5 (higher is better)" in str(low) and "worse by 0.4, margin 0" in str(worse)
     assert gate.check(TOP1, {"eval.val.alignment_top1": 0.6}, None) == []         # first champion: the bar only

@@ -197,9 +197,13 @@ def test_caption_dropout_blanks_both_captions_of_the_drawn_samples():
         assert torch.equal(out_text[b], want_t) and torch.equal(out_ref[b], want_r)
     all_t, all_r = drop_captions(text, ref, null, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(all_t, null.expand_as(text)) and torch.equal(all_r, null.expand_as(ref))
-    with pytest.raises(DataError, match="null_text"):
+    # the empty caption takes the captions' dtype (bfloat16 on a GPU), whatever it was stored as
+    half_t, half_r = drop_captions(text.bfloat16(), ref.bfloat16(), null, 1.0, torch.Generator().manual_seed(0))
+    assert half_t.dtype == half_r.dtype == torch.bfloat16
+    with pytest.raises(DataError, match=r"^caption dropout needs the empty-caption embedding \(null_text.npy of "):
         drop_captions(text, ref, None, 0.1, g)
-    with pytest.raises(DataError, match=r"null_text has shape \(4, 2\) but captions are \(3, 2\)"):
+    with pytest.raises(DataError, match=r"^null_text has shape \(4, 2\) but captions are \(3, 2\); rebuild the "
+                                        r"snapshot with one text length$"):
         drop_captions(text, ref, torch.zeros(4, 2), 0.1, g)
 
 
@@ -268,3 +272,13 @@ class RecordingEngine(StubEngine):
     def __call__(self, hidden_states, timestep, return_dict, **kwargs):
         self.kwargs = dict(kwargs, hidden_states=hidden_states, timestep=timestep)
         return super().__call__(hidden_states, timestep, return_dict)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan"])
+def test_noisy_latents_keep_the_models_dtype(family, tiny_backbones):
+    """A bfloat16 model (GPU) gets bfloat16 noisy latents: the noise is mixed in float32, then cast."""
+    batch = shard_batch(family, batch=2, seed=8)
+    engine = StubEngine(backbone_config(tiny_backbones, family), make_target(family, batch, tiny_backbones), 0.0)
+    engine.dtype = torch.bfloat16
+    get_family(family).objective(str(tiny_backbones[family]))(engine, batch, generator=torch.Generator().manual_seed(0))
+    assert engine.seen[0][0].dtype == torch.bfloat16

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from vap import errors, storage
 from vap.errors import TrainingError, VapError
-from vap.registry import Registry, code_version
+from vap.registry import GuardedMetrics, Registry, code_version
 from vap.spec import JobSpec, dump_spec
 from vap.training.zero import deepspeed_config
 
@@ -380,6 +380,8 @@ class _Worker:
         self.null_text = load_null_text(self.snapshot)
         # rank 0 streams step metrics to the run the driver opened (live curves, the progress bar)
         self.tracker = Registry(spec.registry.tracking_uri, spec.registry.model_name) if self.rank == 0 else None
+        # a tracking-server outage buffers step metrics and retries; it never kills the job
+        self.step_log = GuardedMetrics(self.tracker, config.get("run_id")) if self.tracker else None
         self.pending: dict[int, dict] = {}  # step → metrics since the last committed checkpoint
         self.step = 0
 
@@ -473,7 +475,7 @@ class _Worker:
             ckpt.commit(storage.join(root, name), self.world)
             ckpt.prune(root, self.t.checkpoints_kept)
             for step, values in history:
-                self.tracker.log_metrics(self.config["run_id"], step, **values)
+                self.step_log.log(step, **values)
         self.pending.clear()
         dist.barrier()
 
@@ -503,6 +505,8 @@ class _Worker:
                 values["eval_loss"] = eval_loss
                 self.checkpoint({"step": self.step, "loss": values["loss"], "eval_loss": eval_loss,
                                  "frozen_unchanged": unchanged})
+        if self.step_log:
+            self.step_log.close()
 
 
 def _forever(loader):

@@ -56,6 +56,10 @@ RUN apt-get update \
  && groupadd --gid 10001 vap \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin vap
 COPY --from=build /opt/vap /opt/vap
+# The image has no .git: the commit it was built from is stamped here (make image passes it) and
+# every model version registered from it records it as code_version.
+ARG VAP_CODE_VERSION=unknown
+LABEL org.opencontainers.image.revision=$VAP_CODE_VERSION
 # The pods' root filesystem is read-only: everything writable lives under /tmp (an emptyDir).
 ENV PATH=/opt/vap/bin:$PATH \
     HOME=/tmp \
@@ -63,6 +67,7 @@ ENV PATH=/opt/vap/bin:$PATH \
     HF_HOME=/tmp/.cache/huggingface \
     TORCH_EXTENSIONS_DIR=/tmp/.cache/torch_extensions \
     VAP_CHARTS_DIR=/opt/vap/share/vap-charts \
+    VAP_CODE_VERSION=$VAP_CODE_VERSION \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001

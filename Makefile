@@ -84,7 +84,7 @@ submit-job: setup ## train on the current kube context: SPEC=job.yaml [NAMESPACE
 
 image: ## build the training image: VARIANT=cpu|cuda → vap-platform:<version>-<variant>
 	@docker info >/dev/null 2>&1 || { echo "error: no Docker daemon reachable (docker info failed); start Docker or build elsewhere with: docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE_REPO):$(VAP_VERSION)-$(VARIANT) ." >&2; exit 2; }
-	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE_REPO):$(VAP_VERSION)-$(VARIANT) .
+	docker build --build-arg VARIANT=$(VARIANT) --build-arg VAP_CODE_VERSION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) -t $(IMAGE_REPO):$(VAP_VERSION)-$(VARIANT) .
 
 k8s-tools: ## install helm v3.19.0 + kubectl v1.34.5 into .venv/bin and checkov into .tools (pinned; make setup does it too)
 	bash tools/install-k8s-tools.sh $(VENV)

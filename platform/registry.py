@@ -56,6 +56,9 @@ class Promotion:
 
 
 def code_version() -> str:
+    """The commit this code is: stamped into the image at build time (VAP_CODE_VERSION), else git."""
+    if os.environ.get("VAP_CODE_VERSION", "unknown") != "unknown":
+        return os.environ["VAP_CODE_VERSION"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=5)

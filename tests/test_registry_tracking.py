@@ -20,3 +20,18 @@ def test_prepare_tracking_creates_bucket_and_schema(s3_server, tmp_path):
     assert SqlAlchemyStore(db, "s3://mlflow-boot/artifacts").get_experiment("0").name == "Default"
     with pytest.raises(RegistryError, match="MLFLOW_BACKEND_STORE_URI is not a database URI"):
         registry.prepare_tracking_store("", "s3://mlflow-boot/artifacts")
+
+
+def test_code_version_stamped_at_build_wins_over_git(monkeypatch):
+    import subprocess
+
+    from conftest import REPO
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    monkeypatch.delenv("VAP_CODE_VERSION", raising=False)
+    assert registry.code_version() == head
+    monkeypatch.setenv("VAP_CODE_VERSION", "abc1234")  # the image's ENV, from make image's build arg
+    assert registry.code_version() == "abc1234"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "ARG VAP_CODE_VERSION" in dockerfile and "VAP_CODE_VERSION=$VAP_CODE_VERSION" in dockerfile
+    assert "--build-arg VAP_CODE_VERSION=" in (REPO / "Makefile").read_text()

@@ -1,0 +1,96 @@
+"""The objects the operator owns: its custom resource, each run's RayJob (rendered by `vap.kube`,
+the code behind `make submit-job`) and the Job that gates a finished run.
+
+Names are deterministic — `<schedule>-<tick as YYYYMMDDHHMM UTC>` for a scheduled run,
+`<schedule>-d<digest>` for new data — so a restarted operator finds the run it created instead
+of creating a second one.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+
+from vap import kube
+from vap.errors import KubeError
+from vap.spec import parse_spec
+
+GROUP, VERSION, PLURAL, KIND = "vap.dev", "v1alpha1", "vapretrainschedules", "VAPRetrainSchedule"
+API_VERSION = f"{GROUP}/{VERSION}"
+SCHEDULE_LABEL = f"{GROUP}/schedule"  # on every object a schedule owns
+TRIGGER_LABEL = f"{GROUP}/trigger"  # schedule | data
+TICK_ANNOTATION = f"{GROUP}/tick"  # the tick (UTC, ISO 8601) a scheduled run is for
+GATE_REFUSED_EXIT = 3  # `vap retrain --gate-only` exits with it when the gate refuses the candidate
+POLICIES = {"RegisterOnly": "register", "PromoteIfGatePasses": "promote"}
+
+
+def _prefix(schedule: str) -> str:
+    return schedule[:28].rstrip("-")
+
+
+def run_name(schedule: str, tick: datetime) -> str:
+    return f"{_prefix(schedule)}-{tick.strftime('%Y%m%d%H%M')}"
+
+
+def data_run_name(schedule: str, digest: str) -> str:
+    return f"{_prefix(schedule)}-d{digest[:12]}"
+
+
+def gate_job_name(run: str) -> str:
+    return f"{run}-gate"
+
+
+def owner_reference(obj: dict, controller: bool = True) -> dict:
+    meta = obj["metadata"]
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"], "uid": meta["uid"],
+            "controller": controller, "blockOwnerDeletion": True}
+
+
+def run_objects(schedule: dict, job_spec: dict, name: str, trigger: str, tick: datetime | None = None) -> list[dict]:
+    """The ConfigMap and RayJob of one run, rendered and validated as `make submit-job` does; the
+    RayJob is owned by the schedule, the ConfigMap by the RayJob (deleted with it)."""
+    meta = schedule["metadata"]
+    spec = parse_spec({**job_spec, "name": name}, source=f"{KIND} {meta['name']} spec.jobSpec")
+    values = kube.values_from_spec(spec, schedule["spec"].get("values") or {}, image=schedule["spec"].get("image"))
+    objects = kube.parse_manifests(kube.render(values, name, meta["namespace"]))
+    kube.validate(objects)
+    labels = {SCHEDULE_LABEL: meta["name"], TRIGGER_LABEL: trigger, "app.kubernetes.io/managed-by": "vap-operator"}
+    for obj in objects:
+        obj["metadata"].setdefault("labels", {}).update(labels)
+        if obj["kind"] == "RayJob":
+            obj["metadata"]["ownerReferences"] = [owner_reference(schedule)]
+            if tick is not None:
+                obj["metadata"].setdefault("annotations", {})[TICK_ANNOTATION] = tick.isoformat()
+    kinds = [o["kind"] for o in objects]
+    if kinds.count("RayJob") != 1:
+        raise KubeError(f"{meta['name']}: the train chart rendered {kinds}, expected one RayJob")
+    return objects
+
+
+def gate_job(rayjob: dict, policy: str) -> dict:
+    """The batch Job that evaluates a succeeded run and registers or promotes it: the RayJob's
+    submitter pod (image, ServiceAccount, env, job spec mount) running `vap retrain --gate-only`.
+    Exit code GATE_REFUSED_EXIT fails the Job at once (podFailurePolicy) and says "refused"."""
+    pod = copy.deepcopy(rayjob["spec"]["submitterPodTemplate"])
+    container = pod["spec"]["containers"][0]
+    container["name"] = "gate"
+    container["command"] = ["vap", "retrain", "--config", "/etc/vap/job.yaml", "--gate-only",
+                            "--policy", POLICIES[policy]]
+    container.pop("args", None)
+    pod["spec"]["restartPolicy"] = "Never"
+    name = gate_job_name(rayjob["metadata"]["name"])
+    labels = {k: v for k, v in rayjob["metadata"].get("labels", {}).items()
+              if k.startswith((GROUP, "app.kubernetes.io/"))}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": rayjob["metadata"]["namespace"],
+                     "labels": {**labels, "app.kubernetes.io/component": "gate"},
+                     "ownerReferences": [owner_reference(rayjob)]},
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": 3600,
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+                "containerName": "gate", "operator": "In", "values": [GATE_REFUSED_EXIT]}}]},
+            "template": pod,
+        },
+    }

@@ -1,0 +1,40 @@
+"""The operator's objects: deterministic run names, the RayJob rendered by vap.kube (strictly
+validated) and owned by the schedule, the gate Job owned by the RayJob."""
+
+from datetime import UTC, datetime
+
+import yaml
+from conftest import REPO
+
+from vap import kube
+from vap.operators import resources as r
+
+TICK = datetime(2027, 1, 1, 3, tzinfo=UTC)
+SCHEDULE = {"apiVersion": r.API_VERSION, "kind": r.KIND,
+            "metadata": {"name": "nightly", "namespace": "vap", "uid": "uid-schedule"}, "spec": {}}
+
+
+def test_names_are_deterministic_and_fit_kubernetes():
+    assert r.run_name("nightly", TICK) == "nightly-202701010300" == r.run_name("nightly", TICK)
+    assert len(r.gate_job_name(r.run_name("x" * 63, TICK))) <= 63
+    assert r.data_run_name("nightly", "abcdef0123456789") == "nightly-dabcdef012345"
+
+
+def test_run_objects_are_the_train_charts_with_owner_and_tick():
+    job_spec = yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())
+    objects = r.run_objects(SCHEDULE, job_spec, r.run_name("nightly", TICK), "schedule", TICK)
+    rayjob = next(o for o in objects if o["kind"] == "RayJob")
+    assert rayjob["metadata"]["name"] == "nightly-202701010300"
+    assert rayjob["metadata"]["ownerReferences"][0]["uid"] == "uid-schedule"
+    assert rayjob["metadata"]["annotations"][r.TICK_ANNOTATION] == TICK.isoformat()
+    assert rayjob["spec"]["entrypoint"] == "vap train --config /etc/vap/job.yaml"
+    spec_cm = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert yaml.safe_load(spec_cm["data"]["job.yaml"])["name"] == "nightly-202701010300"
+
+    rayjob["metadata"]["uid"] = "uid-rayjob"
+    gate = r.gate_job(rayjob, "PromoteIfGatePasses")
+    kube.validate([gate])  # strict: unknown fields are errors
+    assert gate["metadata"]["ownerReferences"][0]["uid"] == "uid-rayjob"
+    command = gate["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-3:] == ["--gate-only", "--policy", "promote"]
+    assert r.gate_job(rayjob, "RegisterOnly")["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "register"

@@ -120,19 +120,42 @@ def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None
                                             f"trained, registered version {result.version}"))
     cycle = Cycle(job, snapshot.id, data_changed, not finished, result.version, "registered", reasons)
 
-    if registry.version_of(CHAMPION) == result.version:
+    _decide(registry, cycle, policy)
+    for line in reasons:
+        log.info("retrain %s: %s", job, line)
+    return cycle
+
+
+def _decide(registry: Registry, cycle: Cycle, policy: Policy) -> None:
+    """Register only, or promote through the gate; the decision and its reason go into `cycle`."""
+    reasons = cycle.reasons
+    if registry.version_of(CHAMPION) == cycle.version:
         cycle.decision = "unchanged"
-        reasons.append(f"registry: version {result.version} is @{CHAMPION} already")
+        reasons.append(f"registry: version {cycle.version} is @{CHAMPION} already")
     elif policy == "register":
         reasons.append("policy: register only; @champion not moved")
     else:
-        passes, why, cycle.metric, cycle.champion_metric = gate(registry, result.version)
+        passes, why, cycle.metric, cycle.champion_metric = gate(registry, cycle.version)
         if passes:
             cycle.decision = "promoted"
-            reasons.append(f"gate passed ({why}): {promote(registry, result.version)}")
+            reasons.append(f"gate passed ({why}): {promote(registry, cycle.version)}")
         else:
             cycle.decision = "refused"
             reasons.append(f"gate refused ({why}): @{CHAMPION} not moved")
-    for line in reasons:
-        log.info("retrain %s: %s", job, line)
+
+
+def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry | None = None) -> Cycle:
+    """The last step alone, for a job trained elsewhere (the operator's RayJob): find job
+    `spec.name`'s registered version, then register only or promote through the gate."""
+    if policy not in POLICIES:
+        raise RegistryError(f"promotion policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+    registry = registry or Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment)
+    run = registry.find_run(spec.name)
+    version = run.data.tags.get("vap.version") if run is not None else None
+    if run is None or run.info.status != "FINISHED" or not version:
+        raise RegistryError(f"job {spec.name} has no finished run with a registered version at "
+                            f"{spec.registry.tracking_uri}: train it first (vap train --config …)")
+    cycle = Cycle(spec.name, run.data.tags.get("vap.snapshot", ""), False, False, version, "registered",
+                  [f"train: job {spec.name} finished, version {version}"])
+    _decide(registry, cycle, policy)
     return cycle

@@ -13,13 +13,19 @@ def retrain(
     policy: str = typer.Option("promote", "--policy", help="promote: move @champion when the gate passes (eval loss no worse "
                                                              "than the champion's); register: only register the version."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides of the spec, validated by its schema: trainer.steps=5"),
+    gate_only: bool = typer.Option(False, "--gate-only", help="Only the last step, for a job trained elsewhere (the "
+                                                               "operator's RayJob): register or gate the spec's job. Exit 3 when the gate refuses."),
     json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON (what the operator reads)."),
 ) -> None:
     """One idempotent retraining cycle: build the snapshot if the data changed, train the job
     `<name>-<snapshot>` (a repeated cycle resumes or does nothing), then register or promote
     through the gate. Prints what it decided and why."""
+    from vap.retrain import gate_trained
     from vap.retrain import retrain as run_cycle
     from vap.spec import load_spec
 
-    cycle = run_cycle(load_spec(config, overrides or ()), policy)
+    spec = load_spec(config, overrides or ())
+    cycle = gate_trained(spec, policy) if gate_only else run_cycle(spec, policy)
     typer.echo(json.dumps(cycle.as_dict(), indent=1) if json_out else cycle.summary())
+    if cycle.decision == "refused":
+        raise typer.Exit(3)  # the operator's gate Job reads it (podFailurePolicy): refused, not broken

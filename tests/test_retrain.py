@@ -7,7 +7,7 @@ import pytest
 
 from vap.errors import RegistryError
 from vap.registry import Registry
-from vap.retrain import job_name, retrain
+from vap.retrain import gate_trained, job_name, retrain
 from vap.spec import parse_spec
 
 
@@ -92,3 +92,15 @@ def test_unknown_policy_is_refused_before_any_work(spec, world):
     with pytest.raises(RegistryError, match="policy 'sometimes' is unknown"):
         world.cycle(spec, policy="sometimes")
     assert world.built == set()
+
+
+def test_gate_only_decides_for_a_job_trained_elsewhere(spec, world):
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"snapshot": "snap-a"})})
+    world.train(spec)  # the operator's RayJob trained job `nightly`
+    assert gate_trained(spec, registry=world.registry).decision == "promoted"
+    world.data, world.eval_loss["snap-b"] = "snap-b", 9.0
+    worse = spec.model_copy(update={"name": "nightly-2", "data": spec.data.model_copy(update={"snapshot": "snap-b"})})
+    world.train(worse)
+    assert gate_trained(worse, registry=world.registry).decision == "refused"
+    with pytest.raises(RegistryError, match="job never-ran has no finished run"):
+        gate_trained(spec.model_copy(update={"name": "never-ran"}), registry=world.registry)

@@ -36,6 +36,20 @@ def toy(
     typer.echo(build(out, seed=seed))
 
 
+@app.command("recogniser")
+def recogniser(
+    out: str = typer.Argument(..., help="Folder to write the condition recogniser to (the shipped one: "
+                                        "platform/evaluation/weights)."),
+) -> None:
+    """Train the condition recogniser `vap eval` judges with (seeded, ≈6 min on one core) and print
+    its held-out accuracy; a folder already holding this recipe's build is left as it is."""
+    import json
+
+    from vap.evaluation.recogniser import build_recogniser
+
+    typer.echo(json.dumps(build_recogniser(out), indent=1))
+
+
 @app.command("info")
 def info(
     source: list[str] = typer.Argument(None, help="Shipped config names (default: all of them), or backbone "

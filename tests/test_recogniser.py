@@ -5,7 +5,13 @@ import pytest
 
 from vap.datasets.synth import CONDITIONS, SYNTH_CATEGORIES
 from vap.errors import ModelError
-from vap.evaluation.recogniser import RECIPE, accuracy_report, load_recogniser, recipe_key, synth_clips
+from vap.evaluation.recogniser import (
+    RECIPE,
+    accuracy_report,
+    load_recogniser,
+    recipe_key,
+    synth_clips,
+)
 
 # Synth seed 7: training drew seed 1 (RECIPE["seed"]); its own held-out report (the same seed,
 # later clips) measured 97.9 % clean and 97.4 % blurred (weights/recogniser.json). 48 clips give

@@ -45,7 +45,7 @@ def _check(clip: np.ndarray, min_frames: int = 2) -> np.ndarray:
 def mean_flow(clip: np.ndarray) -> np.ndarray:
     """[F−1, 2]: each consecutive pair's mean flow (dx, dy) in pixels."""
     clip = _check(clip)
-    return np.stack([flow(a, b).reshape(-1, 2).mean(0) for a, b in zip(clip[:-1], clip[1:])])
+    return np.stack([flow(a, b).reshape(-1, 2).mean(0) for a, b in zip(clip[:-1], clip[1:], strict=True)])
 
 
 def dynamic_degree(clip: np.ndarray) -> float:
@@ -54,7 +54,7 @@ def dynamic_degree(clip: np.ndarray) -> float:
     h, w = clip.shape[1:3]
     threshold, needed = 6.0 * min(h, w) / 256.0, max(1, round(4 * len(clip) / 16))
     moving = 0
-    for a, b in zip(clip[:-1], clip[1:]):
+    for a, b in zip(clip[:-1], clip[1:], strict=True):
         mag = np.linalg.norm(flow(a, b), axis=-1).ravel()
         top = np.sort(mag)[-max(1, int(0.05 * mag.size)):]
         moving += float(top.mean()) > threshold
@@ -73,7 +73,7 @@ def motion_smoothness(clip: np.ndarray) -> float:
     """1 − mean error of each inner frame re-created from its neighbours along their flow."""
     clip = _check(clip, 3)
     errors = []
-    for prev, cur, nxt in zip(clip[:-2], clip[1:-1], clip[2:]):
+    for prev, cur, nxt in zip(clip[:-2], clip[1:-1], clip[2:], strict=True):
         # The middle frame at x is where prev was at x − f/2 and next at x + f/2 (f: prev → next,
         # taken at the middle frame's pixel; flow at x is a fair estimate of it for small motion).
         f_next = flow(prev, nxt)

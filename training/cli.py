@@ -25,7 +25,7 @@ def toy(
     out: str = typer.Argument(..., help="Folder to write the trained toy CogVideoX-I2V backbone to (hub layout)."),
     seed: int = typer.Option(0, help="Seed of the clips, the initial weights and the batches."),
 ) -> None:
-    """Train a toy CogVideoX-I2V backbone on synthetic clips (VAE, then transformer; ≈10 min on 2 CPUs).
+    """Train a toy CogVideoX-I2V backbone on synthetic clips (VAE, then transformer; ≈13 min on 2 shared CPUs).
 
     Writes the diffusers hub layout plus recipe.json (recipe and content key), quality.json
     (held-out VAE PSNR, continuation PSNR/MSE against baselines) and grid.png. A copy trained

@@ -6,10 +6,11 @@ What a scheduled run executes, on a cluster and on one machine:
    unchanged: `vap.datasets.build` keys it by the source listing and by content);
 2. train the job `<spec name>-<snapshot id>`: a name derived from the spec and the data, so a
    repeated cycle on the same data resumes that job, or finds it finished and trains nothing;
-3. evaluate: the eval loss the trainer recorded on the held-out split (tag `metric.eval_loss`
-   of the registered version);
-4. per policy, register only, or promote through the gate: the candidate takes `@champion`
-   only if no champion exists or its eval loss is no worse than the champion's.
+3. evaluate: the metrics recorded on the registered version (the trainer's held-out eval loss,
+   `metric.eval_loss`, and any `eval.*` that `vap eval` added);
+4. per policy, register only, or promote through the registry's gate (`Registry.promote` under
+   the spec's `registry.promotion`, the same call as `vap promote`, so the decision is in the
+   ledger).
 
 It returns a `Cycle` that says what it decided and why.
 """
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["register", "promote"]
 POLICIES = ("register", "promote")
-GATE_METRIC = "eval_loss"  # lower is better; recorded by the trainer on the val split
 
 
 def job_name(spec_name: str, snapshot_id: str) -> str:
@@ -51,8 +51,8 @@ class Cycle:
     version: str
     decision: Literal["promoted", "registered", "refused", "unchanged"]
     reasons: list[str] = field(default_factory=list)
-    metric: float | None = None
-    champion_metric: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # what the gate read on the candidate
+    champion_metrics: dict[str, float] = field(default_factory=dict)  # … and on @champion
 
     def summary(self) -> str:
         head = f"{self.decision}: job {self.job}, snapshot {self.snapshot}, version {self.version}"
@@ -60,35 +60,6 @@ class Cycle:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def _metric(registry: Registry, version: str) -> float | None:
-    value = registry.get_version(version).tags.get(f"metric.{GATE_METRIC}")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def gate(registry: Registry, version: str) -> tuple[bool, str, float | None, float | None]:
-    """(passes, why, candidate metric, champion metric): the candidate may take @champion."""
-    candidate = _metric(registry, version)
-    champion = registry.version_of(CHAMPION)
-    if champion is None:
-        return True, f"no @{CHAMPION} yet", candidate, None
-    held = _metric(registry, champion)
-    if candidate is None:
-        return False, f"version {version} records no {GATE_METRIC}: cannot compare it", None, held
-    if held is None:
-        return True, f"@{CHAMPION} (version {champion}) records no {GATE_METRIC}", candidate, None
-    if candidate <= held:
-        return True, f"{GATE_METRIC} {candidate:.4g} <= @{CHAMPION} version {champion}'s {held:.4g}", candidate, held
-    return False, f"{GATE_METRIC} {candidate:.4g} > @{CHAMPION} version {champion}'s {held:.4g}", candidate, held
-
-
-def promote(registry: Registry, version: str) -> str:
-    """The gated promotion: move @champion to `version`; what it did, as one line."""
-    return registry.promote(version=version, alias=CHAMPION).summary()
 
 
 def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None = None,
@@ -105,7 +76,8 @@ def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None
         from vap import storage
 
         registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
-                            artifact_location=storage.join(spec.storage.uri, "mlflow-artifacts"))
+                            artifact_location=storage.join(spec.storage.uri, "mlflow-artifacts"),
+                            lock_uri=spec.storage.uri)
     reasons = []
     snapshot = build(spec)
     data_changed = not snapshot.reused
@@ -120,13 +92,13 @@ def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None
                                             f"trained, registered version {result.version}"))
     cycle = Cycle(job, snapshot.id, data_changed, not finished, result.version, "registered", reasons)
 
-    _decide(registry, cycle, policy)
+    _decide(registry, cycle, policy, spec.registry.promotion)
     for line in reasons:
         log.info("retrain %s: %s", job, line)
     return cycle
 
 
-def _decide(registry: Registry, cycle: Cycle, policy: Policy) -> None:
+def _decide(registry: Registry, cycle: Cycle, policy: Policy, policy_spec) -> None:
     """Register only, or promote through the gate; the decision and its reason go into `cycle`."""
     reasons = cycle.reasons
     if registry.version_of(CHAMPION) == cycle.version:
@@ -135,13 +107,12 @@ def _decide(registry: Registry, cycle: Cycle, policy: Policy) -> None:
     elif policy == "register":
         reasons.append("policy: register only; @champion not moved")
     else:
-        passes, why, cycle.metric, cycle.champion_metric = gate(registry, cycle.version)
-        if passes:
-            cycle.decision = "promoted"
-            reasons.append(f"gate passed ({why}): {promote(registry, cycle.version)}")
-        else:
-            cycle.decision = "refused"
-            reasons.append(f"gate refused ({why}): @{CHAMPION} not moved")
+        champion = registry.version_of(CHAMPION)
+        cycle.metrics = registry.version_metrics(cycle.version)
+        cycle.champion_metrics = registry.version_metrics(champion) if champion else {}
+        decision = registry.promote(cycle.version, CHAMPION, policy=policy_spec)
+        cycle.decision = "promoted" if decision.moved else "refused"
+        reasons.append(f"gate {'passed' if decision.moved else 'refused'}: {decision.summary()}")
 
 
 def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry | None = None) -> Cycle:
@@ -149,7 +120,8 @@ def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry |
     `spec.name`'s registered version, then register only or promote through the gate."""
     if policy not in POLICIES:
         raise RegistryError(f"promotion policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
-    registry = registry or Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment)
+    registry = registry or Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
+                                    lock_uri=spec.storage.uri)
     run = registry.find_run(spec.name)
     version = run.data.tags.get("vap.version") if run is not None else None
     if run is None or run.info.status != "FINISHED" or not version:
@@ -157,5 +129,5 @@ def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry |
                             f"{spec.registry.tracking_uri}: train it first (vap train --config …)")
     cycle = Cycle(spec.name, run.data.tags.get("vap.snapshot", ""), False, False, version, "registered",
                   [f"train: job {spec.name} finished, version {version}"])
-    _decide(registry, cycle, policy)
+    _decide(registry, cycle, policy, spec.registry.promotion)
     return cycle

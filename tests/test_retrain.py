@@ -73,9 +73,11 @@ def test_cycles_promote_then_noop_then_gate_refuses_worse_data(spec, world):
     world.data, world.eval_loss["snap-b"] = "snap-b", 0.9  # new data, a worse model
     worse = world.cycle(spec)
     assert (worse.decision, worse.data_changed, worse.trained) == ("refused", True, True)
-    assert worse.job != first.job and (worse.metric, worse.champion_metric) == (0.9, 0.5)
+    assert worse.job != first.job
+    assert (worse.metrics["eval_loss"], worse.champion_metrics["eval_loss"]) == (0.9, 0.5)
     assert world.registry.version_of("champion") == first.version
-    assert "0.9 > @champion" in worse.summary()
+    assert "eval_loss" in worse.summary() and "0.9" in worse.summary() and "0.5" in worse.summary()
+    assert [e["decision"] for e in world.registry.history()] == ["promoted", "refused"]  # the ledger has both
 
     world.data, world.eval_loss["snap-c"] = "snap-c", 0.4  # newer data, a better model
     better = world.cycle(spec)

@@ -10,8 +10,8 @@ import typer
 
 def retrain(
     config: Path = typer.Option(..., "--config", "-c", help="Job spec YAML (its name prefixes the job; data.source is watched)."),
-    policy: str = typer.Option("promote", "--policy", help="promote: move @champion when the gate passes (eval loss no worse "
-                                                             "than the champion's); register: only register the version."),
+    policy: str = typer.Option("promote", "--policy", help="promote: move @champion when the spec's registry.promotion gate "
+                                                             "passes (as vap promote); register: only register the version."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides of the spec, validated by its schema: trainer.steps=5"),
     gate_only: bool = typer.Option(False, "--gate-only", help="Only the last step, for a job trained elsewhere (the "
                                                                "operator's RayJob): register or gate the spec's job. Exit 3 when the gate refuses."),

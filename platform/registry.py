@@ -135,6 +135,14 @@ class Registry:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
+    def latest_metric(self, run_id: str, key: str) -> tuple[int, float] | None:
+        """(step, value) of `key` at its highest step — the one row MLflow keeps per key, so a poller
+        does not fetch a history that grows with the run."""
+        for metric in self.client.get_run(run_id).data.to_proto().metrics:
+            if metric.key == key:
+                return metric.step, metric.value
+        return None
+
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 

@@ -569,11 +569,11 @@ class _Progress:
             while True:
                 stopping = self._stop.wait(2.0)
                 try:
-                    history = self.registry.metric_history(self.run_id, "loss")
+                    latest = self.registry.latest_metric(self.run_id, "loss")
                 except Exception:  # the bar is best effort; training goes on regardless
-                    history = []
-                if history:
-                    step, loss = max(history)
+                    latest = None
+                if latest:
+                    step, loss = latest
                     bar.update(task, completed=step, description=f"loss {loss:.4f}")
                 if stopping:
                     return

@@ -47,10 +47,10 @@ def run_demo(config: str | Path = "examples/demo.yaml", steps: int | None = None
     result = train(spec)
     console.print(f"   {result.summary()}")
 
-    _stage(5, "gated promotion @challenger → @champion (registry.promotion), and the ledger")
+    _stage(5, f"gated promotion of version {result.version} → @champion (registry.promotion), and the ledger")
     registry = Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
                         lock_uri=spec.storage.uri)
-    console.print(f"   {registry.promote(policy=spec.registry.promotion).summary()}")
+    console.print(f"   {registry.promote(result.version, policy=spec.registry.promotion).summary()}")
     for entry in registry.history()[-3:]:
         console.print(f"   ledger {ledger_line(entry)}")
 

@@ -35,7 +35,7 @@ demo: setup ## the whole loop on this machine: synth data → shards → train �
 	$(BIN)/vap demo
 
 RETRAIN := .vap-demo/retrain
-RETRAIN_ARGS := -c examples/demo.yaml name=vap-nightly registry.model_name=vap-expert-nightly data.source=$(RETRAIN)/raw data.shards=$(RETRAIN)/shards trainer.steps=10
+RETRAIN_ARGS := -c examples/demo.yaml name=vap-retrain registry.model_name=vap-expert-retrain data.source=$(RETRAIN)/raw data.shards=$(RETRAIN)/shards trainer.steps=10
 retrain-demo: setup ## one scheduled cycle per step as data arrives: first data → promoted; same data → nothing; new data → gated
 	$(BIN)/vap model tiny cogvideox .vap-demo/models/tiny-cogvideox
 	$(BIN)/vap data synth $(RETRAIN)/day1 --seed 0 --no-progress && $(BIN)/vap data synth $(RETRAIN)/day2 --seed 1 --no-progress

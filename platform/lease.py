@@ -40,12 +40,16 @@ def lease_uri(storage_uri: str, job: str) -> str:
     return storage.join(storage_uri, job, LEASE)
 
 
-def _holder() -> str:
+def user_name() -> str:
+    """The login name, or "unknown" in a container whose uid has no passwd entry."""
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = "unknown"
-    return f"{socket.gethostname()} pid {os.getpid()} (user {user})"
+        return "unknown"
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()} (user {user_name()})"
 
 
 def _stamp(t: float) -> str:

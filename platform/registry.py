@@ -455,14 +455,11 @@ class GuardedMetrics:
 
 
 def _who() -> str:
-    import getpass
     import socket
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    from vap.lease import user_name
+
+    return f"{user_name()}@{socket.gethostname()}"
 
 
 _LOCAL_LOCK = threading.Lock()

@@ -133,7 +133,7 @@ def test_a_worker_data_error_is_the_users_one_line(ray_cluster, world, tmp_path)
     # a copy of the snapshot with one training shard's bytes flipped
     shards = tmp_path / "shards"
     shutil.copytree(root / "shards", shards)
-    snap = next(p for p in shards.iterdir() if p.is_dir())
+    snap = shards / (shards / "LATEST").read_text().strip()  # not sources/ or quarantine/ beside it
     shard = sorted((snap / "train").rglob("shard.*.mds*"))[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -185,8 +185,12 @@ class ClipEncoder:
             if isinstance(m, torch.nn.Module):
                 m.to(device).eval().requires_grad_(False)
         # 49 frames at 480×720 do not fit through the VAE at once; tiles only apply above ~256 px,
-        # as in the families' fine-tuning scripts.
-        parts["vae"].enable_tiling()
+        # as in the families' fine-tuning scripts. diffusers sizes CogVideoX's tiles from the config's
+        # sample size: a VAE built for small clips (the toy's 32 px → 16 px tiles, 4 latent pixels)
+        # would be tiled with overlaps that round to wrong latent sizes, so it runs untiled.
+        vae = parts["vae"]
+        if getattr(vae, "tile_sample_min_height", 256) >= 128 and getattr(vae, "tile_sample_min_width", 256) >= 128:
+            vae.enable_tiling()
         return sub(text_len=text_len, device=device, **parts)
 
     @classmethod

@@ -110,3 +110,21 @@ def test_frame_count_must_fit_the_vae(encoders):
     encoders["cogvideox"].check_frames(17)
     with pytest.raises(DataError, match=r"data.frames = 10: .* 4k\+1 frames; use 9 or 13"):
         encoders["cogvideox"].check_frames(10)
+
+
+def test_a_vae_built_for_small_clips_encodes_them_whole():
+    """The toy backbone's VAE (sample size 32 px) must not be tiled: its latents are diffusers'
+    own untiled encode of the clip (posterior mode × scaling factor), 4× smaller in space."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from vap.datasets.synth import render_clip
+    from vap.training.families.cogvideox.toy import shipped_path
+
+    video, _ = render_clip("pan_left", 3, 0, frames=9, size=32)
+    cols = ClipEncoder.from_pretrained("cogvideox", shipped_path(), device="cpu").encode_clip(video)
+    vae = AutoencoderKLCogVideoX.from_pretrained(shipped_path(), subfolder="vae").eval()
+    x = torch.from_numpy(video).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    with torch.no_grad():
+        want = (vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)[0].numpy()
+    assert cols["latent"].shape == want.shape == (8, 3, 8, 8)
+    np.testing.assert_allclose(cols["latent"].astype(np.float32), want, atol=2e-3)

@@ -12,6 +12,8 @@ Layout under `<storage.uri>/<job>/step-<NNNNNNNN>/` (every rank uploads its own 
 
 Only a folder with COMMITTED is ever restored; a folder without it is an interrupted upload and
 is removed by the next commit. Loader position and RNG state travel in DeepSpeed's client state.
+A checkpoint restores at any world size: at its own exactly (DeepSpeed's rigid load), at another
+through DeepSpeed's universal checkpoint (`restore`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TypeVar
 import torch
 
 from vap import storage
-from vap.errors import StorageError
+from vap.errors import StorageError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +170,29 @@ def fetch(uri: str, local: Path) -> Path:
     return local
 
 
+def world_size_of(uri: str) -> int:
+    """The world size a committed checkpoint was written at."""
+    return json.loads(retrying("reading the checkpoint's metadata",
+                               lambda: storage.read_bytes(storage.join(uri, META))))["world_size"]
+
+
 def restore(engine, folder: Path) -> tuple[int, dict | None]:
-    """Load the engine state saved by `save`; returns (step, loader state)."""
-    _, client = engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=False)
+    """Load the engine state saved by `save`; returns (step, loader state).
+
+    A checkpoint of another world size is converted to DeepSpeed's universal checkpoint first
+    (fp32 weights and Adam moments per parameter, re-partitioned over this world on load): the
+    engine must have been built for it (`zero.build_engine(..., universal=True)`)."""
+    from vap.training import zero
+
+    saved, world = json.loads((folder / META).read_text())["world_size"], torch.distributed.get_world_size()
+    tag = TAG
+    if saved != world:
+        if not engine.load_universal_checkpoint():
+            raise TrainingError(f"{folder}: checkpoint of {saved} ranks, engine of {world} built for a rigid load")
+        tag = f"{TAG}-universal"
+        zero.to_universal(str(folder / TAG), str(folder / tag))
+        log.info("converted %s (world size %d) to a universal checkpoint for world size %d", folder, saved, world)
+    _, client = engine.load_checkpoint(str(folder), tag=tag, load_module_strict=False)
     if client is None:
         raise RuntimeError(f"{folder}: no DeepSpeed checkpoint with tag {TAG!r}")
     if "rng" in client:

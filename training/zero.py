@@ -13,7 +13,8 @@ import torch
 from vap.spec import JobSpec
 
 
-def deepspeed_config(spec: JobSpec, world_size: int) -> dict:
+def deepspeed_config(spec: JobSpec, world_size: int, universal: bool = False) -> dict:
+    """`universal`: the engine will load a universal checkpoint (one of another world size)."""
     t = spec.trainer
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
@@ -27,6 +28,7 @@ def deepspeed_config(spec: JobSpec, world_size: int) -> dict:
             "stage3_param_persistence_threshold": 100_000 if t.use_gpu else 0,
         },
         "bf16": {"enabled": t.use_gpu},
+        "checkpoint": {"load_universal": universal},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -39,8 +41,9 @@ def init_distributed(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")  # adopts Ray's process group
 
 
-def build_engine(model, spec: JobSpec, world_size: int):
-    """(engine, lr scheduler): AdamW over the expert only, linear warmup, ZeRO per the spec."""
+def build_engine(model, spec: JobSpec, world_size: int, universal: bool = False):
+    """(engine, lr scheduler): AdamW over the expert only, linear warmup, ZeRO per the spec;
+    `universal` when it will restore a checkpoint written at another world size."""
     import deepspeed
 
     t = spec.trainer
@@ -48,8 +51,24 @@ def build_engine(model, spec: JobSpec, world_size: int):
                                   weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=warmup,
-                                                   config=deepspeed_config(spec, world_size))
+                                                   config=deepspeed_config(spec, world_size, universal))
     return engine, scheduler
+
+
+def to_universal(folder: str, out: str) -> None:
+    """DeepSpeed's universal checkpoint of the ZeRO checkpoint in `folder` (one tag): every
+    trainable parameter's fp32 weight and Adam moments whole, in `out`, so that an engine of any
+    world size re-partitions them on load (`"checkpoint": {"load_universal": true}`)."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(input_folder=folder, output_folder=out, num_extract_workers=1, num_merge_workers=1,
+                              keep_temp_folder=False, strict=True, inject_missing_state=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, one line per tensor
+        ds_to_universal.main(args)
 
 
 def partition_fingerprint(params) -> str:

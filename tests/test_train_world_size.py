@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import free_port
 from test_train_preflight import _spec
+from test_train_recovery import _spec as job
+from test_train_recovery import world  # noqa: F401  (the module's snapshot fixture)
 
 from vap.spec import load_spec
 
@@ -111,3 +113,28 @@ def test_two_ranks_to_one_to_two_restores_weights_and_optimizer_state(tiny_backb
     _phase(spec, 2, again, one / "checkpoint")
     _assert_same_state(_load(one / "saved.pt"), _load(again / "restored.pt"))
     assert _load(again / "saved.pt")["global_steps"] == 6  # 2 + 2 + 2 optimizer steps
+
+
+def test_vap_train_resumes_a_job_on_another_number_of_workers(ray_cluster, world):
+    """2 workers → 1 → 2 through `train()`: each call picks up the newest committed checkpoint of
+    the other world size, and the job's MLflow run holds every step's loss exactly once."""
+    from vap import storage
+    from vap.registry import Registry
+    from vap.training import checkpoint as ckpt
+    from vap.training.trainer import job_root, train
+
+    root, backbone = world
+    db = f"sqlite:///{root}/mlflow-world.db"
+    runs = []
+    for workers, steps in ((2, 2), (1, 4), (2, 6)):
+        spec = job(root, "resized", backbone, db, workers=workers, steps=steps)
+        result = train(spec, progress=False)
+        latest = ckpt.latest_committed(job_root(spec))
+        assert latest[0] == steps and ckpt.world_size_of(latest[1]) == workers
+        runs.append(result.run_id)
+        # as if the driver died after its last commit: the next call resumes the run, not a new one
+        Registry(db, "resized-expert").client.set_terminated(result.run_id, "KILLED")
+    assert len(set(runs)) == 1
+    losses = sorted(step for step, _ in Registry(db, "resized-expert").metric_history(runs[0], "loss"))
+    assert losses == list(range(1, 7))
+    assert storage.exists(storage.join(latest[1], ckpt.EXPERT_DIR, "config.json"))

@@ -226,8 +226,8 @@ def _checkpoint_uri(storage_uri: str, path: str) -> str:
 
 
 def _check_resumable(spec: JobSpec) -> None:
-    """The checkpoint a resume would load must come from this model and world size: a clear error
-    now rather than a shape mismatch inside DeepSpeed on every rank."""
+    """The checkpoint a resume would load must come from this model: a clear error now rather than
+    a shape mismatch inside DeepSpeed on every rank. Another world size is fine (universal load)."""
     from vap.errors import ModelError
     from vap.training import checkpoint as ckpt
 
@@ -242,9 +242,9 @@ def _check_resumable(spec: JobSpec) -> None:
                          f"({', '.join(f'model.{k}={_flatten(have).get(k)!r}' for k in diff)}); restore the job's "
                          "model section, rename the job, or pass --no-resume")
     if meta.get("world_size", spec.trainer.workers) != spec.trainer.workers:
-        raise TrainingError(f"{latest[1]}: checkpoint written by {meta['world_size']} workers, the spec asks for "
-                            f"{spec.trainer.workers}; set trainer.workers={meta['world_size']} to resume "
-                            "(ZeRO partitions are per rank)")
+        log.warning("checkpoint %s was written by %d workers, resuming on %d: weights and optimizer state are "
+                    "exact, noise and per-step batches are not (training/README.md, World size)",
+                    latest[1], meta["world_size"], spec.trainer.workers)
     log.info("resuming job %s from committed checkpoint %s (step %d)", spec.name, latest[1], latest[0])
 
 
@@ -354,6 +354,7 @@ class _Worker:
         import torch
 
         from vap.datasets.loader import load_null_text, make_loader
+        from vap.training import checkpoint as ckpt
         from vap.training import zero
         from vap.training.families import get_family
         from vap.training.model import load_vap
@@ -369,7 +370,10 @@ class _Worker:
             self.model.enable_gradient_checkpointing()
         self.frozen = [p for p in self.model.parameters() if not p.requires_grad]
         self.objective = get_family(spec.model.family).objective(spec.model.backbone)
-        self.engine, self.scheduler = zero.build_engine(self.model, spec, self.world)
+        # the checkpoint to resume from, chosen now: one of another world size needs a universal engine
+        self.latest = ckpt.latest_committed(job_root(spec)) if config.get("resume", True) else None
+        universal = self.latest is not None and ckpt.world_size_of(self.latest[1]) != self.world
+        self.engine, self.scheduler = zero.build_engine(self.model, spec, self.world, universal)
         self.frozen_before = zero.partition_fingerprint(self.frozen)
 
         self.snapshot = config["snapshot"]
@@ -397,11 +401,10 @@ class _Worker:
     def restore(self) -> None:
         from vap.training import checkpoint as ckpt
 
-        latest = ckpt.latest_committed(job_root(self.spec)) if self.config.get("resume", True) else None
-        if latest is None:
+        if self.latest is None:
             return
         with tempfile.TemporaryDirectory() as d:
-            self.step, loader_state = ckpt.restore(self.engine, ckpt.fetch(latest[1], Path(d)))
+            self.step, loader_state = ckpt.restore(self.engine, ckpt.fetch(self.latest[1], Path(d)))
             history = json.loads((Path(d) / ckpt.META).read_text()).get("history", [])
         if self.tracker:
             self.log_history(history)

@@ -72,16 +72,16 @@ print("ok")
 """
 
 
-def _phase(spec, world: int, out: Path, source: Path | None, steps: int = 2) -> None:
-    """Run one phase on `world` CPU processes (gloo), writing into `out`."""
+def _phase(spec, ranks: int, out: Path, source: Path | None, steps: int = 2) -> None:
+    """Run one phase on `ranks` CPU processes (gloo), writing into `out`."""
     out.mkdir()
     code = SCRIPT.format(tests=str(Path(__file__).parent), spec=spec.model_dump_json(), out=str(out),
                          source=str(source or ""), steps=steps)
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),
-                                   "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu"})
-             for r in range(world)]
+                                   "LOCAL_RANK": str(r), "WORLD_SIZE": str(ranks), "DS_ACCELERATOR": "cpu"})
+             for r in range(ranks)]
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0 and stdout.strip().endswith("ok"), stderr[-4000:]
@@ -115,7 +115,7 @@ def test_two_ranks_to_one_to_two_restores_weights_and_optimizer_state(tiny_backb
     assert _load(again / "saved.pt")["global_steps"] == 6  # 2 + 2 + 2 optimizer steps
 
 
-def test_vap_train_resumes_a_job_on_another_number_of_workers(ray_cluster, world):
+def test_vap_train_resumes_a_job_on_another_number_of_workers(ray_cluster, world):  # noqa: F811
     """2 workers → 1 → 2 through `train()`: each call picks up the newest committed checkpoint of
     the other world size, and the job's MLflow run holds every step's loss exactly once."""
     from vap import storage

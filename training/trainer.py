@@ -95,6 +95,26 @@ def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _note_sigint(trainer) -> None:
+    """Ctrl-C during `fit` runs Ray Train's own handler (a graceful abort of the worker group,
+    then `sys.exit(0)`); note the signal first, so the run closes KILLED and the exit is 130."""
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is None:
+        return
+
+    def noting(controller):
+        register(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            _SIGNALLED.append(signum)
+            ray_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+
+    trainer._register_sigint_handler = noting
+
+
 def job_root(spec: JobSpec) -> str:
     """Where a job's checkpoints live (Ray Train's storage_path/name)."""
     return storage.join(spec.storage.uri, spec.name)
@@ -135,6 +155,8 @@ def _fit(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, storage_p
             _shutdown_own_ray()
         if _SIGNALLED:  # whatever Ray turned the signal into on its way out, exit as signalled
             raise SystemExit(128 + _SIGNALLED[-1]) from None
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C outside `fit`
+            raise SystemExit(128 + signal.SIGINT) from None
         raise
 
 
@@ -164,6 +186,7 @@ def _fit_with_ray(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, 
             worker_runtime_env={"env_vars": env},
         ),
     )
+    _note_sigint(trainer)
     started = time.monotonic()
     try:
         with _Progress(registry, run_id, spec.trainer.steps, enabled=progress):

@@ -86,16 +86,16 @@ class Cluster:
     def create_gate(self, gate: dict) -> None:
         self._create(gate)
 
-    def delete_run(self, namespace: str, run: str) -> None:
-        """The gate Job, the ConfigMap and the RayJob (garbage collection would take the first two
-        with the RayJob; deleting them here does not depend on it)."""
-        calls = [
-            lambda: self.custom.delete_namespaced_custom_object(*JOBS[:2], namespace, JOBS[2], r.gate_job_name(run),
-                                                                propagation_policy="Background"),
-            lambda: self.core.delete_namespaced_config_map(run, namespace),
-            lambda: self.custom.delete_namespaced_custom_object(*RAY[:2], namespace, RAY[2], run,
-                                                                propagation_policy="Background"),
-        ]
+    def delete_run(self, namespace: str, schedule: str, run: str) -> None:
+        """The gate Job, the ConfigMaps the RayJob owns and the RayJob (garbage collection would
+        take the first two with the RayJob; deleting them here does not depend on it)."""
+        configmaps = self.core.list_namespaced_config_map(namespace, label_selector=f"{r.SCHEDULE_LABEL}={schedule}").items
+        calls = [lambda: self.custom.delete_namespaced_custom_object(*JOBS[:2], namespace, JOBS[2], r.gate_job_name(run),
+                                                                     propagation_policy="Background")]
+        calls += [lambda cm=cm: self.core.delete_namespaced_config_map(cm.metadata.name, namespace)
+                  for cm in configmaps if any(o.kind == "RayJob" and o.name == run for o in cm.metadata.owner_references or [])]
+        calls.append(lambda: self.custom.delete_namespaced_custom_object(*RAY[:2], namespace, RAY[2], run,
+                                                                         propagation_policy="Background"))
         for call in calls:
             try:
                 call()

@@ -51,6 +51,8 @@ def source_digest(job_spec: dict) -> str | None:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
+    # One namespace, one known CRD: no listing of namespaces or CRDs (the Role grants neither).
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # kopf's own logs become Events from WARNING on; decisions are ours
     # A watch stream that goes silent is closed and reopened instead of hanging forever.
     settings.watching.server_timeout = 300
@@ -93,7 +95,7 @@ def reconcile_schedule(body, patch, memo: kopf.Memo, logger, **_):
     plan = reconcile.plan(schedule, rayjobs, gates, now, digest, problems)
 
     for run in plan.delete:
-        cluster.delete_run(ns, run)
+        cluster.delete_run(ns, name, run)
     policy = schedule["spec"].get("promotion", "PromoteIfGatePasses")
     for run in plan.gate:
         cluster.create_gate(r.gate_job(next(o for o in rayjobs if o["metadata"]["name"] == run), policy))

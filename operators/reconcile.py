@@ -184,22 +184,23 @@ class _Planner:
                     self.decide("Scheduled", False, "ForbiddenConcurrent",
                                 f"{what(w)} skipped: concurrencyPolicy Forbid and run {blocker} is still running",
                                 warning=True, always=True)
-        elif policy == "Replace":
-            start = wanted[-1:]
-            if active:
-                self.plan.delete += active
-                runs[:] = [run for run in runs if run["name"] not in active]
-                self.decide("Scheduled", True, "Replaced",
-                            f"concurrencyPolicy Replace: deleted running {', '.join(active)} for {start[0][0]}",
-                            warning=True, always=True)
-        else:
+        replaced = []
+        if policy == "Replace":
+            start, replaced = wanted[-1:], active
+            self.plan.delete += replaced
+            runs[:] = [run for run in runs if run["name"] not in replaced]
+        elif policy == "Allow":
             start = wanted
         for name, trigger, tick in start:
             self.plan.create.append((name, trigger, tick))
             runs.append({"name": name, "trigger": trigger, "tick": iso(tick) if tick else None,
                          "phase": "Training", "message": "created"})
-            self.decide("Scheduled", True, "Fired" if trigger == "schedule" else "DataChanged",
-                        f"started run {name} for {what((name, trigger, tick))}", always=True)
+            message = f"started run {name} for {what((name, trigger, tick))}"
+            if replaced:
+                self.decide("Scheduled", True, "Replaced", f"{message}; concurrencyPolicy Replace deleted the "
+                            f"running {', '.join(replaced)}", warning=True, always=True)
+            else:
+                self.decide("Scheduled", True, "Fired" if trigger == "schedule" else "DataChanged", message, always=True)
 
     def prune(self, runs: list[dict]):
         """Keep the newest successfulRunsHistoryLimit / failedRunsHistoryLimit finished runs."""

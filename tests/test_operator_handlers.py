@@ -1,0 +1,324 @@
+"""The real kopf operator (`vap.operators.handlers`) against an in-memory Kubernetes API (kmock),
+with an injected clock: ticks fire, runs are followed to their gate, concurrency policies,
+restarts, suspend, the data trigger, pruning and a malformed schedule.
+
+kmock stores and serves objects but is no API server: it assigns no uid, creationTimestamp or
+generation (`ApiServer` below does, as the API server would), ignores label selectors (the
+operator filters again; `test_other_schedules_runs_are_not_adopted`), never garbage-collects
+(the operator deletes a run's objects itself) and has no resourceVersion conflicts (the
+operator writes status by merge patch, never by update). KubeRay and the Job controller are the
+test: it writes the RayJob's and the gate Job's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import kmock
+import kopf
+import kubernetes
+import pytest
+import pytest_asyncio
+import yaml
+from conftest import REPO
+
+os.environ["VAP_OPERATOR_INTERVAL"] = "0.2"  # before the handlers are imported: a fast timer
+from vap.operators import handlers  # noqa: E402
+from vap.operators import resources as r  # noqa: E402
+from vap.operators.cluster import Cluster  # noqa: E402
+
+NS = "vap"
+SCHEDULES, RAYJOBS, JOBS = "vap.dev/v1alpha1/vapretrainschedules", "ray.io/v1/rayjobs", "batch/v1/jobs"
+CONFIGMAPS, EVENTS = "v1/configmaps", "v1/events"
+JOB_SPEC = yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())
+T0 = datetime(2027, 1, 1, 2, 59, tzinfo=UTC)  # schedules are created then; "0 3 * * *" fires at 03:00
+pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio]
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock plus what the API server sets on its own: uid, creationTimestamp, resourceVersion,
+    generation (bumped by a spec change), names from generateName, 201 on create. (resourceVersion never moves:
+    kmock has no write conflicts to emulate.)"""
+
+    now: datetime = T0
+
+    async def _handle(self, request):
+        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+            data = request.data if isinstance(request.data, dict) else {}
+            meta = data.setdefault("metadata", {}) if data else {}
+            if request.action == kmock.action.CREATE:
+                if "generateName" in meta and "name" not in meta:
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", self.now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                meta.setdefault("generation", 1)
+                meta.setdefault("resourceVersion", "1")
+            elif request.name and "spec" in data:
+                old = self.objects[request.resource, request.namespace, request.name].raw
+                meta["generation"] = old["metadata"].get("generation", 1) + 1
+        response = await super()._handle(request)
+        if request.action == kmock.action.CREATE and response.status == 200:
+            response.set_status(201)  # the API server's answer to a create (the client reads only 201's body)
+        return response
+
+
+URL: list[str] = []
+
+
+@kopf.on.login()
+def _login(**_):
+    return kopf.ConnectionInfo(server=URL[-1])
+
+
+@pytest_asyncio.fixture
+async def api():
+    server = ApiServer()
+    info = dict(namespaced=True, verbs={"list", "watch", "get", "create", "patch", "update", "delete"})
+    server.resources[SCHEDULES] = kmock.ResourceInfo(kind=r.KIND, subresources={"status"}, **info)
+    # kopf discovers these two before it starts (it lists neither with scanning disabled)
+    server.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs={"list", "watch"})
+    server.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
+        kind="CustomResourceDefinition", namespaced=False, verbs={"list", "watch"})
+    for res, kind in ((RAYJOBS, "RayJob"), (JOBS, "Job"), (CONFIGMAPS, "ConfigMap"), (EVENTS, "Event")):
+        server.resources[res] = kmock.ResourceInfo(kind=kind, **info)
+    async with server, kmock.Server(server) as srv:
+        URL.append(str(srv.url))
+        yield server
+
+
+class Operator:
+    """`kopf.operator` with the test's clock and data digest, in a thread of its own (kopf cancels
+    the tasks its loop did not start with when it stops: the test's own among them)."""
+
+    def __init__(self, server: ApiServer):
+        self.server, self.digest, self.thread = server, None, None
+
+    def clock(self):
+        return self.server.now
+
+    async def start(self):
+        client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1]))
+        memo = kopf.Memo(cluster=Cluster(client), clock=self.clock, source_digest=lambda spec: self.digest)
+        self.stop_flag = threading.Event()
+        run = kopf.operator(standalone=True, namespaces=[NS], stop_flag=self.stop_flag, memo=memo,
+                            registry=kopf.get_default_registry())
+        self.thread = threading.Thread(target=asyncio.run, args=(run,), daemon=True)
+        self.thread.start()
+
+    async def stop(self):
+        self.stop_flag.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 30)
+        assert not self.thread.is_alive(), "the operator did not stop"
+
+
+@pytest_asyncio.fixture
+async def operator(api):
+    op = Operator(api)
+    await op.start()
+    yield op
+    if op.thread.is_alive():
+        await op.stop()
+
+
+def objects(server, res) -> list[dict]:
+    return [o.raw for (rs, _, _), o in server.objects.items() if rs == kmock.resource(res) and not o.deleted]
+
+
+def schedule_of(server, name="nightly") -> dict:
+    return server.objects[kmock.resource(SCHEDULES), NS, name].raw
+
+
+def condition(server, kind, name="nightly") -> dict:
+    return next((c for c in (schedule_of(server, name).get("status") or {}).get("conditions", []) if c["type"] == kind), {})
+
+
+async def until(check, timeout=30.0):
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not reached in {timeout} s: {check.__doc__ or check}")
+
+
+async def settle(seconds=1.0):
+    """Several timer periods pass (each one a full reconcile)."""
+    await asyncio.sleep(seconds)
+
+
+def create_schedule(server, name="nightly", **spec):
+    body = {"apiVersion": r.API_VERSION, "kind": r.KIND, "metadata": {"name": name, "namespace": NS},
+            "spec": {"schedule": "0 3 * * *", "timeZone": "UTC", "jobSpec": JOB_SPEC, **spec}}
+    server.objects[kmock.resource(SCHEDULES), NS, name] = {
+        **body, "metadata": {**body["metadata"], "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1",
+                             "creationTimestamp": server.now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+
+
+def set_status(server, res, name, status):
+    server.objects[kmock.resource(res), NS, name].patch({"status": status})
+
+
+def event_reasons(server) -> list[str]:
+    return [e["reason"] for e in objects(server, EVENTS)]
+
+
+TRAINED = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+REFUSED = {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                           "message": "Container gate for failed with exit code 3 matching FailJob rule at index 0"}]}
+PASSED = {"conditions": [{"type": "Complete", "status": "True"}]}
+
+
+@pytest.mark.parametrize("gate_status,ok,reason", [(PASSED, True, "Promoted"), (REFUSED, False, "GateRefused")],
+                         ids=["gate-passes", "gate-refuses"])
+async def test_a_tick_runs_one_rayjob_then_its_gate_then_reports(api, operator, gate_status, ok, reason):
+    create_schedule(api)
+    await settle()
+    assert objects(api, RAYJOBS) == [], "fired before its tick"
+    api.now = T0 + timedelta(minutes=1, seconds=10)  # 03:00:10
+    await until(lambda: objects(api, RAYJOBS))
+    await settle()
+    [rayjob] = objects(api, RAYJOBS)  # exactly one, however many reconciles ran
+    assert rayjob["metadata"]["name"] == "nightly-202701010300"
+    assert rayjob["metadata"]["ownerReferences"][0]["uid"] == "uid-nightly"
+    assert rayjob["spec"]["entrypoint"] == "vap train --config /etc/vap/job.yaml"
+    [cm] = objects(api, CONFIGMAPS)
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == rayjob["metadata"]["uid"]
+    assert condition(api, "Scheduled")["reason"] == "Fired" and condition(api, "Active")["status"] == "True"
+    assert objects(api, JOBS) == [], "gated before training finished"
+
+    set_status(api, RAYJOBS, "nightly-202701010300", TRAINED)  # KubeRay: the job succeeded
+    await until(lambda: objects(api, JOBS))
+    [gate] = objects(api, JOBS)
+    assert gate["metadata"]["name"] == "nightly-202701010300-gate"
+    assert gate["spec"]["template"]["spec"]["containers"][0]["command"][-3:] == ["--gate-only", "--policy", "promote"]
+    set_status(api, JOBS, gate["metadata"]["name"], gate_status)
+    await until(lambda: condition(api, "Promoted"))
+    promoted = condition(api, "Promoted")
+    assert (promoted["status"] == "True") is ok and promoted["reason"] == reason
+    assert promoted["observedGeneration"] == 1 and promoted["lastTransitionTime"]
+    assert "nightly-202701010300" in promoted["message"]
+    await until(lambda: reason in event_reasons(api))
+    await until(lambda: condition(api, "Active").get("status") == "False")
+    assert schedule_of(api)["status"]["observedGeneration"] == 1
+
+
+async def test_failed_training_is_never_gated(api, operator):
+    create_schedule(api)
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await until(lambda: objects(api, RAYJOBS))
+    set_status(api, RAYJOBS, "nightly-202701010300", {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
+                                                      "message": "worker OOMKilled"})
+    await until(lambda: condition(api, "Promoted"))
+    assert condition(api, "Promoted")["reason"] == "RunFailed" and "OOMKilled" in condition(api, "Promoted")["message"]
+    await settle()
+    assert objects(api, JOBS) == []
+
+
+@pytest.mark.parametrize("policy", ["Allow", "Forbid", "Replace"])
+async def test_concurrency_policy_with_a_run_still_training(api, operator, policy):
+    create_schedule(api, schedule="*/5 * * * *", concurrencyPolicy=policy)
+    api.now = T0 + timedelta(minutes=1, seconds=10)  # 03:00:10
+    await until(lambda: objects(api, RAYJOBS))
+    api.now += timedelta(minutes=5)  # 03:05:10, the first run still training
+    await until(lambda: condition(api, "Scheduled").get("message", "").find("03:05") >= 0
+                or "202701010305" in condition(api, "Scheduled").get("message", ""))
+    await settle()
+    names = sorted(o["metadata"]["name"] for o in objects(api, RAYJOBS))
+    first, second = "nightly-202701010300", "nightly-202701010305"
+    assert names == {"Allow": [first, second], "Forbid": [first], "Replace": [second]}[policy]
+    scheduled = condition(api, "Scheduled")
+    assert scheduled["reason"] == {"Allow": "Fired", "Forbid": "ForbiddenConcurrent", "Replace": "Replaced"}[policy]
+    if policy == "Forbid":
+        assert first in scheduled["message"] and scheduled["status"] == "False"
+    if policy == "Replace":
+        assert [c["metadata"]["name"] for c in objects(api, CONFIGMAPS)] == [f"{second}-spec"]
+
+
+async def test_a_restarted_operator_follows_its_run_and_creates_no_second_one(api, operator):
+    create_schedule(api)
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await until(lambda: objects(api, RAYJOBS))
+    await operator.stop()
+    # the worst case: the status write was lost between creating the RayJob and patching status
+    api.objects[kmock.resource(SCHEDULES), NS, "nightly"].patch({"status": {"runs": None, "lastScheduleTime": None}})
+    api.now += timedelta(seconds=30)
+    await operator.start()
+    await until(lambda: (schedule_of(api).get("status") or {}).get("runs"))
+    await settle()
+    assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-202701010300"]
+    assert [run["name"] for run in schedule_of(api)["status"]["runs"]] == ["nightly-202701010300"]
+    set_status(api, RAYJOBS, "nightly-202701010300", TRAINED)
+    await until(lambda: objects(api, JOBS))  # followed to its gate by the new process
+
+
+async def test_suspend_starts_nothing(api, operator):
+    create_schedule(api, suspend=True)
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await until(lambda: condition(api, "Suspended").get("status") == "True")
+    await settle()
+    assert objects(api, RAYJOBS) == [] and objects(api, CONFIGMAPS) == []
+
+
+async def test_new_data_digest_starts_a_run(api, operator):
+    create_schedule(api, schedule="0 3 1 1 *", triggers={"schedule": False, "dataChange": True})
+    operator.digest = "a" * 64
+    await until(lambda: (schedule_of(api).get("status") or {}).get("lastDigest"))
+    await settle()
+    assert objects(api, RAYJOBS) == [], "the first digest seen is the baseline"
+    operator.digest = "b" * 64
+    await until(lambda: objects(api, RAYJOBS))
+    await settle()
+    assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-dbbbbbbbbbbbb"]
+    assert objects(api, RAYJOBS)[0]["metadata"]["labels"][r.TRIGGER_LABEL] == "data"
+    assert condition(api, "Scheduled")["reason"] == "DataChanged"
+
+
+async def test_history_limits_prune_old_runs_and_their_objects(api, operator):
+    create_schedule(api, schedule="0 * * * *", successfulRunsHistoryLimit=1, failedRunsHistoryLimit=1)
+    for hour, gate in ((0, PASSED), (1, PASSED), (2, REFUSED), (3, REFUSED)):
+        name = f"nightly-20270101{hour:02d}00"
+        api.objects[kmock.resource(RAYJOBS), NS, name] = {
+            "apiVersion": "ray.io/v1", "kind": "RayJob", "status": TRAINED,
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "labels": {r.SCHEDULE_LABEL: "nightly"}}}
+        api.objects[kmock.resource(CONFIGMAPS), NS, f"{name}-spec"] = {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                "name": f"{name}-spec", "namespace": NS, "labels": {r.SCHEDULE_LABEL: "nightly"},
+                "ownerReferences": [{"apiVersion": "ray.io/v1", "kind": "RayJob", "name": name, "uid": f"uid-{name}"}]}}
+        api.objects[kmock.resource(JOBS), NS, f"{name}-gate"] = {
+            "apiVersion": "batch/v1", "kind": "Job", "status": gate,
+            "metadata": {"name": f"{name}-gate", "namespace": NS, "labels": {r.SCHEDULE_LABEL: "nightly"}}}
+    await until(lambda: "Pruned" in event_reasons(api))
+    await settle()
+    assert sorted(o["metadata"]["name"] for o in objects(api, RAYJOBS)) == ["nightly-202701010100", "nightly-202701010300"]
+    assert sorted(o["metadata"]["name"] for o in objects(api, CONFIGMAPS)) == ["nightly-202701010100-spec", "nightly-202701010300-spec"]
+    assert sorted(o["metadata"]["name"] for o in objects(api, JOBS)) == ["nightly-202701010100-gate", "nightly-202701010300-gate"]
+    assert [run["name"] for run in schedule_of(api)["status"]["runs"]] == ["nightly-202701010100", "nightly-202701010300"]
+
+
+async def test_other_schedules_runs_are_not_adopted(api, operator):
+    """kmock ignores label selectors: the operator's own filter keeps schedules apart."""
+    api.objects[kmock.resource(RAYJOBS), NS, "other-202701010300"] = {
+        "apiVersion": "ray.io/v1", "kind": "RayJob", "status": {"jobDeploymentStatus": "Running"},
+        "metadata": {"name": "other-202701010300", "namespace": NS, "uid": "u", "labels": {r.SCHEDULE_LABEL: "other"}}}
+    create_schedule(api, concurrencyPolicy="Forbid")
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await until(lambda: len(objects(api, RAYJOBS)) == 2)
+    assert condition(api, "Scheduled")["reason"] == "Fired"
+
+
+@pytest.mark.parametrize("spec,needle", [({"schedule": "every day"}, "not a 5-field cron"),
+                                         ({"concurrencyPolicy": "Sometimes"}, "concurrencyPolicy 'Sometimes' is unknown"),
+                                         ({"jobSpec": {**JOB_SPEC, "storage": {"uri": "/tmp/runs"}}}, "storage.uri")],
+                         ids=["cron", "policy", "job-spec"])
+async def test_a_malformed_schedule_is_reported_and_creates_nothing(api, operator, spec, needle):
+    create_schedule(api, **spec)
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await until(lambda: condition(api, "Valid"))
+    await settle()
+    valid = condition(api, "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec" and needle in valid["message"]
+    assert objects(api, RAYJOBS) == [] and objects(api, CONFIGMAPS) == []
+    assert "InvalidSpec" in event_reasons(api)

@@ -27,6 +27,7 @@ app.add_typer(spec_app, name="spec")
 def _register_subapps() -> None:
     # Each part of the platform owns its own commands.
     from vap.datasets.cli import app as data_app
+    from vap.evalcli import eval_command
     from vap.kubecli import app as k8s_app
     from vap.registrycli import app as registry_app
     from vap.registrycli import promote, rollback
@@ -42,6 +43,7 @@ def _register_subapps() -> None:
     app.command("rollback")(rollback)
     app.command("generate")(generate)  # `vap generate` = `vap model generate`, the common case
     app.command("retrain")(retrain)  # what a scheduled run executes
+    app.command("eval")(eval_command)
 
 
 @spec_app.command("check")

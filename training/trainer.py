@@ -365,8 +365,8 @@ def _train_loop(config: dict) -> None:
 
 
 class _Worker:
-    """One rank's training, in parts: build → (restore) → loop of train_step, evaluate on schedule,
-    checkpoint (save, upload, commit) → metrics flushed to MLflow once their checkpoint commits."""
+    """One rank's training, in parts: build → (restore) → loop of train_step, step_metrics,
+    evaluate and checkpoint (save, upload, commit) on schedule, publish (rank 0 → MLflow)."""
 
     def __init__(self, spec: JobSpec, config: dict):
         import warnings
@@ -410,6 +410,7 @@ class _Worker:
         # a tracking-server outage buffers step metrics and retries; it never kills the job
         self.step_log = GuardedMetrics(self.tracker, config.get("run_id")) if self.tracker else None
         self.pending: dict[int, dict] = {}  # step → metrics since the last committed checkpoint
+        self.logged = -1  # the last step MLflow holds (rank 0)
         self.step = 0
 
     # parts ------------------------------------------------------------------------------
@@ -434,16 +435,38 @@ class _Worker:
         if loader_state:
             self.loader.load_state_dict(loader_state)
 
-    def log_history(self, history: list) -> None:
-        """The step metrics a checkpoint covers, minus those MLflow already has: a worker killed
-        between the commit and its flush loses none, and none is logged twice (one atomic batch
-        per step, in step order, so MLflow holds a prefix)."""
+    def last_logged(self) -> int:
+        """The last step MLflow holds for this run (-1: none), as a restarted rank 0 finds it."""
         run_id = self.config["run_id"]
         logged = [s for s, _ in self.tracker.metric_history(run_id, "loss")]
-        last = max(logged) if logged else (0 if self.tracker.metric_history(run_id, "eval_loss") else -1)
+        return max(logged) if logged else (0 if self.tracker.metric_history(run_id, "eval_loss") else -1)
+
+    def log_history(self, history: list) -> None:
+        """The step metrics a checkpoint covers, minus those MLflow already has: steps a killed
+        worker computed but never got logged are not lost (one atomic batch per step, in step
+        order, so MLflow holds a prefix)."""
         for step, values in history:
-            if step > last:
-                self.tracker.log_metrics(run_id, step, **values)
+            if step > self.logged:
+                self.tracker.log_metrics(self.config["run_id"], step, **values)
+                self.logged = step
+
+    def publish(self, step: int, values: dict) -> None:
+        """Rank 0 streams a step's metrics as it ends; a step MLflow already holds (replayed
+        after a restart, bitwise the same) is not logged twice."""
+        if self.step_log and step > self.logged:
+            self.step_log.log(step, **values)
+            self.logged = step
+
+    def step_metrics(self, loss: float, tokens: int, elapsed: float) -> dict:
+        """Loss, learning rate, gradient norm, throughput and every rank's peak memory (collective)."""
+        from vap.training import zero
+
+        values = {"loss": self.mean(loss), "lr": self.scheduler.get_last_lr()[0],
+                  "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                  "samples_per_s": self.t.batch_size * self.t.grad_accum_steps * self.world / elapsed,
+                  "video_tokens_per_s": self.mean(tokens) * self.world / elapsed}
+        peaks = zero.per_rank(zero.peak_memory_mb(), self.world, self.rank)
+        return values | {f"peak_memory_mb_rank{r}": mb for r, mb in enumerate(peaks)}
 
     def evaluate(self) -> float:
         import torch
@@ -473,8 +496,8 @@ class _Worker:
         return sum(losses) / len(losses), tokens
 
     def checkpoint(self, metrics: dict) -> None:
-        """Save, upload (every rank its own files), commit (rank 0, once all are stored), prune,
-        then flush the step metrics the checkpoint covers — so a restart never logs a step twice."""
+        """Save (with the step metrics since the last checkpoint), upload (every rank its own
+        files), commit (rank 0, once all are stored), prune."""
         import ray.train
         import torch.distributed as dist
         from ray.train import Checkpoint
@@ -500,8 +523,6 @@ class _Worker:
         if self.rank == 0:
             ckpt.commit(storage.join(root, name), self.world)
             ckpt.prune(root, self.t.checkpoints_kept)
-            for step, values in history:
-                self.step_log.log(step, **values)
         self.pending.clear()
         dist.barrier()
 
@@ -509,28 +530,26 @@ class _Worker:
     def run(self) -> None:
         from vap.training import zero
 
+        if self.tracker:
+            self.logged = self.last_logged()
         self.restore()
         if self.step == 0:
             self.pending[0] = {"eval_loss": self.evaluate()}
+            self.publish(0, self.pending[0])
         batches = _forever(self.loader)
         last = time.monotonic()
         while self.step < self.t.steps:
             loss, tokens = self.train_step(batches)
             now, elapsed = time.monotonic(), max(time.monotonic() - last, 1e-9)
             last = now
-            values = {"loss": self.mean(loss), "lr": self.scheduler.get_last_lr()[0],
-                      "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-                      "samples_per_s": self.t.batch_size * self.t.grad_accum_steps * self.world / elapsed,
-                      "video_tokens_per_s": self.mean(tokens) * self.world / elapsed}
-            peaks = zero.per_rank(zero.peak_memory_mb(), self.world, self.rank)
-            values.update({f"peak_memory_mb_rank{r}": mb for r, mb in enumerate(peaks)})
-            self.pending[self.step] = values
+            values = self.pending[self.step] = self.step_metrics(loss, tokens, elapsed)
             if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps:
                 eval_loss = self.evaluate()
                 unchanged = self.mean(float(zero.partition_fingerprint(self.frozen) == self.frozen_before)) == 1.0
                 values["eval_loss"] = eval_loss
                 self.checkpoint({"step": self.step, "loss": values["loss"], "eval_loss": eval_loss,
                                  "frozen_unchanged": unchanged})
+            self.publish(self.step, values)
         if self.step_log:
             self.step_log.close()
 

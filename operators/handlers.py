@@ -96,7 +96,7 @@ def reconcile_schedule(body, patch, memo: kopf.Memo, logger, **_):
 
     for run in plan.delete:
         cluster.delete_run(ns, name, run)
-    policy = schedule["spec"].get("promotion", "PromoteIfGatePasses")
+    policy = schedule["spec"].get("promotion", reconcile.DEFAULTS["promotion"])
     for run in plan.gate:
         cluster.create_gate(r.gate_job(next(o for o in rayjobs if o["metadata"]["name"] == run), policy))
     for run, trigger, tick in plan.create:

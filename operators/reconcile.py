@@ -21,6 +21,10 @@ from vap.operators.schedule import CATCH_UP, due, schedule_problems
 CONCURRENCY = ("Allow", "Forbid", "Replace")
 ACTIVE = ("Training", "Trained", "Gating")
 SUCCEEDED, FAILED = ("Succeeded",), ("Refused", "Failed")
+# What an absent spec field means: the CRD's schema defaults (the API server fills them in).
+DEFAULTS = {"timeZone": "UTC", "suspend": False, "concurrencyPolicy": "Forbid", "catchUp": "Latest",
+            "maxCatchUpRuns": 1, "promotion": "PromoteIfGatePasses", "successfulRunsHistoryLimit": 3,
+            "failedRunsHistoryLimit": 1}
 
 
 @dataclass
@@ -43,7 +47,7 @@ def parse_time(text: str | None) -> datetime | None:
 def spec_problems(spec: dict) -> list[str]:
     """What the CRD's schema refuses, checked again (an API server without the schema, an old
     CRD): the schedule, its time zone and the enumerated policies."""
-    problems = schedule_problems(spec.get("schedule", ""), spec.get("timeZone", "UTC"))
+    problems = schedule_problems(spec.get("schedule", ""), spec["timeZone"])
     for key, allowed in (("concurrencyPolicy", CONCURRENCY), ("catchUp", CATCH_UP), ("promotion", tuple(r.POLICIES))):
         if key in spec and spec[key] not in allowed:
             problems.append(f"{key} {spec[key]!r} is unknown: use one of {', '.join(allowed)}")
@@ -94,7 +98,7 @@ class _Planner:
         self.schedule, self.now = schedule, now
         self.name = schedule["metadata"]["name"]
         self.generation = schedule["metadata"].get("generation")
-        self.spec = schedule.get("spec") or {}
+        self.spec = {**DEFAULTS, **(schedule.get("spec") or {})}
         self.plan = Plan(status=copy.deepcopy(schedule.get("status") or {}))
         self.status = self.plan.status
 
@@ -126,7 +130,7 @@ class _Planner:
 
     def _report(self, run: dict, phase: str, why: str):
         if phase in SUCCEEDED:
-            promote = self.spec.get("promotion", "PromoteIfGatePasses") == "PromoteIfGatePasses"
+            promote = self.spec["promotion"] == "PromoteIfGatePasses"
             self.decide("Promoted", True, "Promoted" if promote else "Registered",
                         f"run {run['name']}: {'promoted through the gate' if promote else 'registered, @champion not moved'}",
                         always=True)
@@ -143,8 +147,8 @@ class _Planner:
         if triggers.get("schedule", True):
             last = parse_time(status.get("lastScheduleTime")) or parse_time(
                 self.schedule["metadata"].get("creationTimestamp")) or self.now
-            found = due(spec["schedule"], spec.get("timeZone", "UTC"), last, self.now, spec.get("catchUp", "Latest"),
-                        spec.get("maxCatchUpRuns", 1), spec.get("startingDeadlineSeconds"))
+            found = due(spec["schedule"], spec["timeZone"], last, self.now, spec["catchUp"],
+                        spec["maxCatchUpRuns"], spec.get("startingDeadlineSeconds"))
             if found.newest:
                 status["lastScheduleTime"] = iso(found.newest)
             if found.expired:
@@ -154,7 +158,7 @@ class _Planner:
                             warning=True, always=True)
             if found.skipped:
                 self.decide("Scheduled", False, "CatchUpSkipped",
-                            f"{len(found.skipped)} missed tick(s) not run by catchUp {spec.get('catchUp', 'Latest')}: "
+                            f"{len(found.skipped)} missed tick(s) not run by catchUp {spec['catchUp']}: "
                             f"{', '.join(map(iso, found.skipped[-3:]))}", always=True)
             out += [(r.run_name(self.name, t), "schedule", t) for t in found.run]
         return out
@@ -174,7 +178,7 @@ class _Planner:
         if not wanted:
             return
         active = [run["name"] for run in runs if run["phase"] in ACTIVE]
-        policy = self.spec.get("concurrencyPolicy", "Allow")
+        policy = self.spec["concurrencyPolicy"]
         what = lambda w: f"tick {iso(w[2])}" if w[2] else "new data"  # noqa: E731
         if policy == "Forbid":
             start = [] if active else wanted[-1:]
@@ -205,9 +209,9 @@ class _Planner:
     def prune(self, runs: list[dict]):
         """Keep the newest successfulRunsHistoryLimit / failedRunsHistoryLimit finished runs."""
         doomed = []
-        for phases, key, default in ((SUCCEEDED, "successfulRunsHistoryLimit", 3), (FAILED, "failedRunsHistoryLimit", 1)):
+        for phases, key in ((SUCCEEDED, "successfulRunsHistoryLimit"), (FAILED, "failedRunsHistoryLimit")):
             done = [run["name"] for run in runs if run["phase"] in phases]
-            doomed += done[:max(0, len(done) - int(self.spec.get(key, default)))]
+            doomed += done[:max(0, len(done) - int(self.spec[key]))]
         if doomed:
             self.plan.delete += doomed
             runs[:] = [run for run in runs if run["name"] not in doomed]
@@ -230,7 +234,7 @@ def plan(schedule: dict, rayjobs: list[dict], gates: dict[str, dict], now: datet
                  warning=True)
     else:
         p.decide("Valid", True, "SpecValid", "schedule, policies and job spec are valid")
-        suspended = bool(p.spec.get("suspend"))
+        suspended = bool(p.spec["suspend"])
         wanted = p.candidates() + p.data_candidate(digest)  # both move their cursors while suspended too
         p.decide("Suspended", suspended, "Suspended" if suspended else "NotSuspended",
                  "spec.suspend is true: no run starts (ticks pass unrun)" if suspended else "runs start on their triggers")

@@ -144,6 +144,11 @@ async def until(check, timeout=30.0):
     raise AssertionError(f"not reached in {timeout} s: {check.__doc__ or check}")
 
 
+async def fired(server, run="nightly-202701010300"):
+    """The operator created `run` and wrote that decision to status."""
+    await until(lambda: run in condition(server, "Scheduled").get("message", ""))
+
+
 async def settle(seconds=1.0):
     """Several timer periods pass (each one a full reconcile)."""
     await asyncio.sleep(seconds)
@@ -178,7 +183,7 @@ async def test_a_tick_runs_one_rayjob_then_its_gate_then_reports(api, operator, 
     await settle()
     assert objects(api, RAYJOBS) == [], "fired before its tick"
     api.now = T0 + timedelta(minutes=1, seconds=10)  # 03:00:10
-    await until(lambda: objects(api, RAYJOBS))
+    await until(lambda: objects(api, CONFIGMAPS) and condition(api, "Scheduled"))
     await settle()
     [rayjob] = objects(api, RAYJOBS)  # exactly one, however many reconciles ran
     assert rayjob["metadata"]["name"] == "nightly-202701010300"
@@ -208,7 +213,7 @@ async def test_a_tick_runs_one_rayjob_then_its_gate_then_reports(api, operator, 
 async def test_failed_training_is_never_gated(api, operator):
     create_schedule(api)
     api.now = T0 + timedelta(minutes=1, seconds=10)
-    await until(lambda: objects(api, RAYJOBS))
+    await fired(api)
     set_status(api, RAYJOBS, "nightly-202701010300", {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
                                                       "message": "worker OOMKilled"})
     await until(lambda: condition(api, "Promoted"))
@@ -221,10 +226,9 @@ async def test_failed_training_is_never_gated(api, operator):
 async def test_concurrency_policy_with_a_run_still_training(api, operator, policy):
     create_schedule(api, schedule="*/5 * * * *", concurrencyPolicy=policy)
     api.now = T0 + timedelta(minutes=1, seconds=10)  # 03:00:10
-    await until(lambda: objects(api, RAYJOBS))
+    await fired(api)
     api.now += timedelta(minutes=5)  # 03:05:10, the first run still training
-    await until(lambda: condition(api, "Scheduled").get("message", "").find("03:05") >= 0
-                or "202701010305" in condition(api, "Scheduled").get("message", ""))
+    await until(lambda: "03:05" in condition(api, "Scheduled")["message"] or "0305" in condition(api, "Scheduled")["message"])
     await settle()
     names = sorted(o["metadata"]["name"] for o in objects(api, RAYJOBS))
     first, second = "nightly-202701010300", "nightly-202701010305"
@@ -305,8 +309,8 @@ async def test_other_schedules_runs_are_not_adopted(api, operator):
         "metadata": {"name": "other-202701010300", "namespace": NS, "uid": "u", "labels": {r.SCHEDULE_LABEL: "other"}}}
     create_schedule(api, concurrencyPolicy="Forbid")
     api.now = T0 + timedelta(minutes=1, seconds=10)
-    await until(lambda: len(objects(api, RAYJOBS)) == 2)
-    assert condition(api, "Scheduled")["reason"] == "Fired"
+    await until(lambda: condition(api, "Scheduled"))
+    assert condition(api, "Scheduled")["reason"] == "Fired" and len(objects(api, RAYJOBS)) == 2
 
 
 @pytest.mark.parametrize("spec,needle", [({"schedule": "every day"}, "not a 5-field cron"),

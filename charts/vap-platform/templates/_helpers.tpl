@@ -56,6 +56,11 @@ capabilities:
 - name: MLFLOW_BACKEND_STORE_URI
   valueFrom: {secretKeyRef: {name: {{ .Values.mlflow.backendStore.secretName }}, key: {{ .Values.mlflow.backendStore.key }}}}
 - {name: MLFLOW_ARTIFACTS_DESTINATION, value: {{ .Values.mlflow.artifactsDestination | quote }}}
+{{ include "vap-platform.s3Env" . }}
+{{- end -}}
+
+{{/* Object storage access (region, endpoint, key pair by reference): MLflow, its hook, the operator. */}}
+{{- define "vap-platform.s3Env" -}}
 - {name: AWS_REGION, value: {{ .Values.objectStorage.region | quote }}}
 - {name: AWS_DEFAULT_REGION, value: {{ .Values.objectStorage.region | quote }}}
 {{- with .Values.objectStorage.endpoint }}

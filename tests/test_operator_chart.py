@@ -1,0 +1,118 @@
+"""The operator in the platform chart: every object strictly valid, the CRD's schema refuses
+what it can (checked with jsonschema over the rendered schema, the API server's rules), its
+defaults are the operator's, the Role grants exactly the verbs the operator uses, the Deployment
+probes kopf's liveness endpoint and runs as that Role's ServiceAccount."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+
+from vap import kube
+from vap.operators import reconcile
+from vap.operators import resources as r
+
+VALUES = kube.PLATFORM_CHART / "ci" / "operator-values.yaml"
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict]:
+    values = yaml.safe_load(VALUES.read_text())
+    return kube.parse_manifests(kube.render(values, "vap-platform", "vap", kube.PLATFORM_CHART))
+
+
+def one(objects, kind, component="operator"):
+    [obj] = [o for o in objects if o["kind"] == kind and o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    return obj
+
+
+def test_lint_and_every_object_valid(objects):
+    proc = subprocess.run([kube.tool("helm"), "lint", "--strict", str(kube.PLATFORM_CHART), "--values", str(VALUES)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kube.validate(objects)
+    for kind in ("CustomResourceDefinition", "Deployment", "ServiceAccount", "Role", "RoleBinding"):
+        labels = one(objects, kind)["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "vap-platform" and labels["app.kubernetes.io/instance"] == "vap-platform"
+
+
+def test_off_by_default():
+    default = kube.parse_manifests(kube.render({}, "vap-platform", "vap", kube.PLATFORM_CHART))
+    assert not [o for o in default if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"]
+
+
+def _schema(objects) -> dict:
+    crd = one(objects, "CustomResourceDefinition")
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"], crd["spec"]["names"]["plural"]) == (r.GROUP, r.KIND, r.PLURAL)
+    [version] = crd["spec"]["versions"]
+    assert version["name"] == r.VERSION and version["subresources"] == {"status": {}}
+    return version["schema"]["openAPIV3Schema"]
+
+
+GOOD = {"apiVersion": r.API_VERSION, "kind": r.KIND, "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "timeZone": "Europe/Berlin", "jobSpec": {"name": "x"}}}
+
+
+@pytest.mark.parametrize("change,where", [
+    ({"schedule": "every day"}, "schedule"), ({"concurrencyPolicy": "Sometimes"}, "concurrencyPolicy"),
+    ({"catchUp": "Everything"}, "catchUp"), ({"promotion": "Always"}, "promotion"),
+    ({"maxCatchUpRuns": 0}, "maxCatchUpRuns"), ({"successfulRunsHistoryLimit": -1}, "successfulRunsHistoryLimit")])
+def test_crd_schema_refuses_malformed_schedules(objects, change, where):
+    validator = jsonschema.Draft4Validator(_schema(objects))
+    validator.validate(GOOD)
+    bad = copy.deepcopy(GOOD)
+    bad["spec"].update(change)
+    errors = list(validator.iter_errors(bad))
+    assert [list(e.absolute_path) for e in errors] == [["spec", where]]
+
+
+def test_crd_defaults_are_the_operators(objects):
+    properties = _schema(objects)["properties"]["spec"]["properties"]
+    defaults = {key: prop["default"] for key, prop in properties.items() if "default" in prop}
+    assert defaults == reconcile.DEFAULTS
+
+
+def test_role_grants_exactly_what_the_operator_uses(objects):
+    role = one(objects, "Role")
+    grants = {(g, res): sorted(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]}
+    assert grants == {
+        ("vap.dev", "vapretrainschedules"): ["get", "list", "patch", "watch"],  # kopf: watch, list, annotations
+        ("vap.dev", "vapretrainschedules/status"): ["get", "patch"],  # status and conditions
+        ("ray.io", "rayjobs"): ["create", "delete", "get", "list"],  # cluster.Cluster
+        ("batch", "jobs"): ["create", "delete", "get", "list"],  # the gate Job
+        ("", "configmaps"): ["create", "delete", "get", "list"],  # the run's spec, jobSpecFrom
+        ("", "events"): ["create"],  # kopf.event
+    }
+    binding = one(objects, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vap-operator", "namespace": "vap"}]
+
+
+def test_deployment_runs_the_handlers_with_a_liveness_probe(objects):
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    [container] = pod["containers"]
+    command = container["command"]
+    assert command[:3] == ["kopf", "run", "--standalone"] and command[-2:] == ["-m", "vap.operators.handlers"]
+    liveness = next(a for a in command if a.startswith("--liveness=")).split("=", 1)[1]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == container["livenessProbe"]["httpGet"]["port"])
+    assert liveness == f"http://0.0.0.0:{port}{container['livenessProbe']['httpGet']['path']}"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VAP_OPERATOR_INTERVAL"]["value"] == "20"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "minio-credentials"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert all(deployment["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
+
+
+def test_interval_beyond_the_on_time_window_is_refused():
+    with pytest.raises(kube.KubeError, match="operator.interval"):
+        kube.render({"operator": {"enabled": True, "interval": 600}}, "vap-platform", "vap", kube.PLATFORM_CHART)

@@ -326,3 +326,16 @@ async def test_a_malformed_schedule_is_reported_and_creates_nothing(api, operato
     assert valid["status"] == "False" and valid["reason"] == "InvalidSpec" and needle in valid["message"]
     assert objects(api, RAYJOBS) == [] and objects(api, CONFIGMAPS) == []
     assert "InvalidSpec" in event_reasons(api)
+
+
+async def test_creating_a_run_twice_uses_the_first(api):
+    """409 AlreadyExists (a create racing a restart, a stale list) is the existing object, not an error."""
+    cluster = Cluster(kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1])))
+    create_schedule(api)
+    run = r.run_objects(schedule_of(api), JOB_SPEC, "nightly-202701010300", "schedule", T0)
+    loop = asyncio.get_running_loop()
+    first = await loop.run_in_executor(None, cluster.create_run, run)
+    again = await loop.run_in_executor(None, cluster.create_run, r.run_objects(schedule_of(api), JOB_SPEC,
+                                                                                 "nightly-202701010300", "schedule", T0))
+    assert again["metadata"]["uid"] == first["metadata"]["uid"]
+    assert len(objects(api, RAYJOBS)) == 1 and len(objects(api, CONFIGMAPS)) == 1

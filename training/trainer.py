@@ -412,6 +412,7 @@ class _Worker:
         self.pending: dict[int, dict] = {}  # step → metrics since the last committed checkpoint
         self.logged = -1  # the last step MLflow holds (rank 0)
         self.step = 0
+        self.flops = _assumed_flops(spec) if self.t.use_gpu else None  # MFU: GPUs only
 
     # parts ------------------------------------------------------------------------------
     def mean(self, x: float) -> float:
@@ -465,6 +466,9 @@ class _Worker:
                   "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                   "samples_per_s": self.t.batch_size * self.t.grad_accum_steps * self.world / elapsed,
                   "video_tokens_per_s": self.mean(tokens) * self.world / elapsed}
+        if self.flops:
+            per_step, peak = self.flops
+            values["mfu"] = per_step / elapsed / peak
         peaks = zero.per_rank(zero.peak_memory_mb(), self.world, self.rank)
         return values | {f"peak_memory_mb_rank{r}": mb for r, mb in enumerate(peaks)}
 
@@ -532,6 +536,9 @@ class _Worker:
 
         if self.tracker:
             self.logged = self.last_logged()
+            if self.flops:  # what the MFU assumes, beside it
+                self.tracker.set_tags(self.config["run_id"], **{"vap.mfu.flops_per_step": f"{self.flops[0]:.4g}",
+                                                               "vap.mfu.peak_flops": f"{self.flops[1]:.4g}"})
         self.restore()
         if self.step == 0:
             self.pending[0] = {"eval_loss": self.evaluate()}
@@ -552,6 +559,19 @@ class _Worker:
             self.publish(self.step, values)
         if self.step_log:
             self.step_log.close()
+
+
+def _assumed_flops(spec: JobSpec) -> tuple[float, float] | None:
+    """(training FLOPs of one rank's optimizer step as `vap plan` counts them — docs/PLAN.md —,
+    the GPU's peak FLOP/s `vap plan` assumes): the MFU's numerator and denominator."""
+    from vap.plan import plan, setup_from_spec
+
+    try:
+        p = plan(setup_from_spec(spec))
+    except Exception as err:  # noqa: BLE001 - a model vap plan cannot count: no MFU, training goes on
+        log.warning("no MFU: vap plan cannot count this model's FLOPs (%s)", err)
+        return None
+    return p.flops_per_step * spec.trainer.grad_accum_steps, p.setup["peak_tflops"] * 1e12
 
 
 def _forever(loader):

@@ -258,12 +258,28 @@ async def test_a_restarted_operator_follows_its_run_and_creates_no_second_one(ap
     await until(lambda: objects(api, JOBS))  # followed to its gate by the new process
 
 
-async def test_suspend_starts_nothing(api, operator):
-    create_schedule(api, suspend=True)
-    api.now = T0 + timedelta(minutes=1, seconds=10)
+async def test_suspend_starts_nothing_and_conditions_follow_the_generation(api, operator):
+    create_schedule(api)
+    await until(lambda: condition(api, "Suspended").get("status") == "False")
+    client = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1])))
+    await asyncio.get_running_loop().run_in_executor(None, lambda: client.patch_namespaced_custom_object(
+        r.GROUP, r.VERSION, NS, r.PLURAL, "nightly", {"spec": {"suspend": True}}))  # a user's kubectl patch
     await until(lambda: condition(api, "Suspended").get("status") == "True")
+    assert condition(api, "Suspended")["observedGeneration"] == 2 == schedule_of(api)["status"]["observedGeneration"]
+    api.now = T0 + timedelta(minutes=1, seconds=10)  # the tick passes while suspended
     await settle()
     assert objects(api, RAYJOBS) == [] and objects(api, CONFIGMAPS) == []
+    assert "Suspended" in event_reasons(api)
+
+
+async def test_liveness_fails_when_reconciles_stop():
+    fresh = kopf.Memo(health={"schedules": {(NS, "nightly")}, "last": handlers.time.monotonic()})
+    assert handlers.alive(memo=fresh).startswith("last reconcile")
+    stale = kopf.Memo(health={"schedules": {(NS, "nightly")}, "last": handlers.time.monotonic() - handlers.STALE - 1})
+    with pytest.raises(kopf.PermanentError, match="no schedule reconciled"):
+        handlers.alive(memo=stale)
+    stale.health["schedules"].clear()  # nothing to reconcile: nothing is late
+    assert handlers.alive(memo=stale)
 
 
 async def test_new_data_digest_starts_a_run(api, operator):

@@ -49,6 +49,8 @@ def eval_command(
     pairs: int = typer.Option(None, min=1, help="Evaluate the first N pairs of the split (default: all)."),
     steps: int = typer.Option(25, min=1, help="Denoising steps per generation."),
     guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (<= 1: off)."),
+    reference_guidance: float = typer.Option(0.0, help="Push along (with - without reference) in the runs with "
+                                                       "a reference (the pipeline's reference_guidance_scale)."),
     seed: int = typer.Option(0, help="Seed of the generations' noise."),
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Folder for the JSON and the grids."),
     record: bool = typer.Option(True, help="Record the metrics on the model version (models:/ only)."),
@@ -57,7 +59,7 @@ def eval_command(
     from vap.evaluation.evaluate import evaluate
 
     report = evaluate(config, model, split, pairs, out_dir=out, steps=steps, guidance_scale=guidance, seed=seed,
-                      record=record, recogniser=recogniser)
+                      record=record, recogniser=recogniser, reference_guidance_scale=reference_guidance)
     typer.echo(report.table())
     typer.echo(f"\nwrote {out}/eval-{split}.json, {out}/grid-{split}.png, {out}/grid-{split}.mp4", err=True)
 

@@ -50,11 +50,14 @@ class _Pair:
 
 def evaluate(spec: JobSpec | str | Path, model: str, split: str = "val", pairs: int | None = None, *,
              out_dir: str | Path | None = None, steps: int = 25, guidance_scale: float = 1.0, seed: int = 0,
-             record: bool = True, recogniser: str | Path | None = None, progress: bool = True) -> EvalReport:
+             record: bool = True, recogniser: str | Path | None = None, progress: bool = True,
+             reference_guidance_scale: float = 0.0) -> EvalReport:
     """Evaluate `model` (`models:/name@alias`, `models:/name/N` or a checkpoint URI) on the first
     `pairs` pairs (None: all) of `split` of the spec's snapshot. Writes `eval-<split>.json`,
     `grid-<split>.png` and `grid-<split>.mp4` to `out_dir` (if given) and, for a registered
-    version with `record`, puts the metrics and those files on its MLflow run."""
+    version with `record`, puts the metrics and those files on its MLflow run.
+    reference_guidance_scale: the pipeline's push along (with − without reference), for the runs
+    with a reference."""
     import torch
     from rich.progress import Progress
 
@@ -116,7 +119,8 @@ def evaluate(spec: JobSpec | str | Path, model: str, split: str = "val", pairs: 
         raise DataError(f"condition {unknown[0]!r} is unknown to the recogniser; pass --recogniser a folder "
                         "built on these conditions (`vap model recogniser OUT`)")
     pool = held + _other_pool(snapshot, split, clip, held, scene_caption, cache)
-    report = EvalReport(model=model, split=split, snapshot=snapshot.id, steps=steps, guidance_scale=guidance_scale)
+    report = EvalReport(model=model, split=split, snapshot=snapshot.id, steps=steps, guidance_scale=guidance_scale,
+                        reference_guidance_scale=reference_guidance_scale)
     grid_rows = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"evaluating {model} on {split}", total=len(held))
@@ -125,7 +129,9 @@ def evaluate(spec: JobSpec | str | Path, model: str, split: str = "val", pairs: 
         for i, p in enumerate(held):
             def run(reference, reference_caption, p=p, i=i):
                 g = torch.Generator().manual_seed(seed + i)  # the same noise for the three runs of a pair
-                return pipe(p.target[0], p.caption, reference, reference_caption, generator=g, **gen).frames
+                push = reference_guidance_scale if reference is not None else 0.0
+                return pipe(p.target[0], p.caption, reference, reference_caption, generator=g,
+                            reference_guidance_scale=push, **gen).frames
 
             out = run(p.reference, p.reference_caption)
             alone = run(None, p.reference_caption)

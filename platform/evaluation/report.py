@@ -32,6 +32,7 @@ class EvalReport:
     snapshot: str
     steps: int
     guidance_scale: float
+    reference_guidance_scale: float = 0.0
     rows: list[dict] = field(default_factory=list)  # {"pair_id", "condition", "category", "values": {...}}
     recorded_on: str | None = None  # "name version N" once the registry holds the metrics
 
@@ -75,7 +76,8 @@ class EvalReport:
         """A markdown table: overall and categories as mean [low, high], conditions as means."""
         summary, conditions = self.summary(), {r["condition"] for r in self.rows}
         lines = [f"`vap eval` {self.model} on {self.split} (snapshot {self.snapshot}, {len(self.rows)} pairs, "
-                 f"{self.steps} steps, guidance {self.guidance_scale:g}); * = optical-flow proxy",
+                 f"{self.steps} steps, guidance {self.guidance_scale:g}, reference guidance "
+                 f"{self.reference_guidance_scale:g}); * = optical-flow proxy",
                  "", "| group | n | " + " | ".join(c for _, c in COLUMNS) + " |",
                  "| --- | --- |" + " --- |" * len(COLUMNS)]
         for group, stats in summary.items():

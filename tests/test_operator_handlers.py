@@ -355,3 +355,23 @@ async def test_creating_a_run_twice_uses_the_first(api):
                                                                                  "nightly-202701010300", "schedule", T0))
     assert again["metadata"]["uid"] == first["metadata"]["uid"]
     assert len(objects(api, RAYJOBS)) == 1 and len(objects(api, CONFIGMAPS)) == 1
+
+
+async def test_missed_ticks_after_downtime_run_as_the_catch_up_policy_says(api, operator):
+    create_schedule(api, schedule="0 * * * *", catchUp="All", maxCatchUpRuns=3, concurrencyPolicy="Allow")
+    await settle()
+    api.now = T0 + timedelta(hours=10, minutes=31)  # 13:30: 11 hourly ticks, 03:00 … 13:00, passed unseen
+    await until(lambda: condition(api, "Scheduled").get("reason") == "Fired" and len(objects(api, RAYJOBS)) == 3)
+    await settle()
+    assert sorted(o["metadata"]["name"] for o in objects(api, RAYJOBS)) == [
+        "nightly-202701011100", "nightly-202701011200", "nightly-202701011300"]  # the newest 3, never 11
+    assert "CatchUpSkipped" in event_reasons(api)
+
+
+async def test_a_time_zone_schedule_fires_at_wall_clock_time_across_dst(api, operator):
+    api.now = datetime(2027, 3, 27, 12, tzinfo=UTC)
+    create_schedule(api, schedule="30 3 * * *", timeZone="Europe/Berlin")
+    await settle()
+    api.now = datetime(2027, 3, 28, 1, 30, 5, tzinfo=UTC)  # 03:30 CEST, the first day of summer time
+    await fired(api, "nightly-202703280130")
+    assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-202703280130"]

@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 from test_train_recovery import (
     _spec,
+    _train_workers,
     world,  # noqa: F401  (the module's snapshot fixture)
 )
 
@@ -24,17 +25,6 @@ from vap.registry import Registry
 from vap.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
-
-
-def _train_workers(pid: int) -> list[psutil.Process]:
-    out = []
-    for p in psutil.Process(pid).children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
 
 
 def test_ctrl_c_closes_the_run_killed_exit_130_no_process_left(world, tmp_path):  # noqa: F811

@@ -56,10 +56,11 @@ def _spec(root: Path, name: str, backbone: str, tracking_uri: str, **trainer):
     })
 
 
-def _train_workers() -> list[psutil.Process]:
-    """This test process's Ray Train workers (other Ray clusters on the machine are not ours)."""
+def _train_workers(pid: int | None = None) -> list[psutil.Process]:
+    """The Ray Train workers under process `pid` (default: this test process; other Ray clusters
+    on the machine are not ours)."""
     out = []
-    for p in psutil.Process().children(recursive=True):
+    for p in psutil.Process(pid).children(recursive=True):
         try:
             if "RayTrainWorker" in " ".join(p.cmdline()):
                 out.append(p)

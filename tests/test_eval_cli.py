@@ -136,3 +136,24 @@ def test_an_expert_of_another_family_is_refused(world, tiny_backbones, tmp_path)
     wan = save_expert(tiny_backbones["wan"], "wan", tmp_path / "wan")
     with pytest.raises(ModelError, match="is a wan expert but the spec's model.family is cogvideox"):
         evaluate(spec, str(wan), progress=False)
+
+
+def test_each_run_is_judged_against_its_own_reference_condition():
+    """A perfect copier: its output is the reference, the 'backbone' shows another condition and
+    the mismatched run is that other clip. The recogniser (≥ 95 % on clean clips) then gives
+    top-1 1, 0 and 1, and copying is exactly 1 − similarity(reference, truth)."""
+    from vap.datasets.synth import render_clip
+    from vap.evaluation.evaluate import _Pair, _row
+    from vap.evaluation.metrics import similarity
+    from vap.evaluation.recogniser import load_recogniser
+
+    rec = load_recogniser()
+    ref, truth, other = (render_clip(c, 5, i, frames=9, size=32)[0]
+                         for c, i in (("slide_right", 0), ("slide_right", 1), ("sepia", 0)))
+    assert rec.predict(np.stack([ref, truth, other])) == ["slide_right", "slide_right", "sepia"]  # precondition
+    pair = _Pair("a<-b", "slide_right", "motion", truth, ref, "", "", 0.5)
+    mismatched = _Pair("c<-d", "sepia", "style", None, other, "", "", float("nan"))
+    row = _row(rec, pair, ref, other, mismatched, other)
+    assert (row["alignment_top1"], row["baseline_backbone.alignment_top1"], row["mismatched.alignment_top1"]) == (1, 0, 1)
+    assert row["alignment_prob"] > 0.5 > row["baseline_backbone.alignment_prob"]
+    assert row["copying"] == pytest.approx(1 - similarity(ref, truth)) and row["loss"] == 0.5

@@ -5,19 +5,16 @@ ends, before any checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 
 import psutil
 import pytest
-import yaml
-from conftest import REPO
 from test_train_recovery import (
     _spec,
     _train_workers,
+    start_vap_train,
     world,  # noqa: F401  (the module's snapshot fixture)
 )
 
@@ -30,13 +27,9 @@ pytestmark = pytest.mark.slow
 def test_ctrl_c_closes_the_run_killed_exit_130_no_process_left(world, tmp_path):  # noqa: F811
     root, backbone = world
     db = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = _spec(root, "interrupted", backbone, db, steps=40, checkpoint_every=40)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(json.loads(spec.model_dump_json())))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # its own session: a process group of its own, as a shell gives a foreground job
-    proc = subprocess.Popen([str(REPO / ".venv/bin/vap"), "train", "-c", str(path)], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_vap_train(_spec(root, "interrupted", backbone, db, steps=40, checkpoint_every=40), tmp_path,
+                           start_new_session=True)
     job = root / "runs" / "interrupted"
     deadline = time.monotonic() + 300
     # Ray Train's workers start after `vap train` has created the tracking store and the run: only

@@ -151,15 +151,20 @@ def test_a_worker_data_error_is_the_users_one_line(ray_cluster, world, tmp_path)
     assert registry.find_run("corrupt").info.status == "FAILED"
 
 
+def start_vap_train(spec, tmp_path: Path, *overrides: str, **popen) -> subprocess.Popen:
+    """`vap train -c job.yaml` as a user starts it, with its own Ray cluster (RAY_ADDRESS dropped)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(json.loads(spec.model_dump_json())))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([str(REPO / ".venv/bin/vap"), "train", "-c", str(path), *overrides], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
 def test_sigterm_stops_cleanly_killed_exit_143_no_ray_left(world, tmp_path):
     root, backbone = world
     db = f"sqlite:///{tmp_path}/mlflow.db"
     spec = _spec(root, "sigterm", backbone, db, steps=40, checkpoint_every=2)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(json.loads(spec.model_dump_json())))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([str(REPO / ".venv/bin/vap"), "train", "-c", str(path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_vap_train(spec, tmp_path)
     job = Path(root / "runs" / "sigterm")
     deadline = time.monotonic() + 300
     while not (job.exists() and _commits(str(job))) and time.monotonic() < deadline and proc.poll() is None:
@@ -176,9 +181,9 @@ def test_sigterm_stops_cleanly_killed_exit_143_no_ray_left(world, tmp_path):
 
     # the driver is gone; re-running the same job resumes its run and its newest committed checkpoint
     last = max(_commits(str(job)))
-    out = subprocess.run([str(REPO / ".venv/bin/vap"), "train", "-c", str(path), f"trainer.steps={last + 2}"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
+    rerun = start_vap_train(spec, tmp_path, f"trainer.steps={last + 2}")
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
     registry = Registry(db, "sigterm-expert")
     resumed = registry.find_run("sigterm")
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"

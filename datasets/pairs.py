@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from vap.datasets.records import Clip, Pair
 
@@ -68,11 +68,15 @@ def _pick_unseen(pairable: list[str], by_condition: dict[str, list[Clip]], wante
         log.warning("only %d pairable conditions: holding out %d unseen instead of %d", len(pairable), max(n, 0), wanted)
     order = list(pairable)
     random.Random(f"{seed}/unseen").shuffle(order)
+    category = {c: by_condition[c][0].category for c in pairable}  # a condition's: its first clip's (by id)
     chosen: list[str] = []
-    while len(chosen) < n:  # round-robin over categories so one category is not emptied first
-        used = {by_condition[c][0].category for c in chosen}
-        fresh = [c for c in order if c not in chosen and by_condition[c][0].category not in used]
-        chosen.append((fresh or [c for c in order if c not in chosen])[0])
+    held = Counter()
+    while len(chosen) < n:  # round-robin over categories: the next from one holding out the fewest so far
+        rest = [c for c in order if c not in chosen]
+        fewest = min(held[category[c]] for c in rest)
+        pick = next(c for c in rest if held[category[c]] == fewest)
+        chosen.append(pick)
+        held[category[pick]] += 1
     return set(chosen)
 
 
@@ -96,7 +100,7 @@ def _hold_out(by_condition: dict[str, list[Clip]], fraction: float, seed: int) -
 
 
 def _pairs(targets: list[Clip], pool: list[Clip], split: str, k: int, rng: random.Random,
-           n_candidates: int = 1) -> list[Pair]:
+           n_candidates: int) -> list[Pair]:
     pairs = []
     for target in targets:
         candidates = [c for c in pool if c.id != target.id]

@@ -29,6 +29,20 @@ def test_gate_margin_threshold_and_direction():
     assert gate.check(TOP1, {"eval.val.alignment_top1": 0.6}, None) == []         # first champion: the bar only
 
 
+def test_float_noise_cannot_flip_a_gate():
+    # Oracle: the decimals as written. In binary floats 0.52 - 0.50 = 0.020000000000000018 > 0.02
+    # and 0.1 + 0.2 = 0.30000000000000004 > 0.3; as decimals both sit exactly on the bar.
+    at_margin = PromotionSpec(metrics={"eval_loss": MetricGate(greater_is_better=False, margin=0.02)})
+    assert 0.52 - 0.50 > 0.02 and gate.check(at_margin, {"eval_loss": 0.52}, {"eval_loss": 0.50}) == []
+    top = PromotionSpec(metrics={"top1": MetricGate(greater_is_better=True, threshold=0.3)})
+    equal = PromotionSpec(metrics={"eval_loss": MetricGate(greater_is_better=False)})
+    assert gate.check(equal, {"eval_loss": 0.1 + 0.2}, {"eval_loss": 0.3}) == []
+    assert gate.check(top, {"top1": 0.1 + 0.2}, None) == []
+    assert gate.check(top, {"top1": 0.1 + 0.2 - 1e-9}, None) != []  # a real difference still counts
+    [worse] = gate.check(at_margin, {"eval_loss": 0.5200001}, {"eval_loss": 0.50})
+    assert "worse by 0.0200001, margin 0.02" in str(worse)
+
+
 def test_gate_missing_metrics_are_named():
     policy = PromotionSpec(metrics=LOSS.metrics, required=["eval.val.loss"])
     fails = [str(f) for f in gate.check(policy, {}, {"eval_loss": 0.5})]

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 
 import kopf
 
-from vap import kube
 from vap.errors import VapError
+from vap.kube.values import values_from_spec
 from vap.operators import reconcile
 from vap.operators import resources as r
 from vap.operators.cluster import Cluster, api_client
@@ -120,7 +120,7 @@ def _job_spec(cluster: Cluster, schedule: dict) -> tuple[dict, list[str]]:
         job_spec = cluster.job_spec(schedule["metadata"]["namespace"], spec)
         parsed = parse_spec({**job_spec, "name": r.run_name(name, datetime(2000, 1, 1))},
                             source=f"{r.KIND} {name} job spec")
-        kube.values_from_spec(parsed, spec.get("values") or {}, image=spec.get("image"))
+        values_from_spec(parsed, spec.get("values") or {}, image=spec.get("image"))
     except VapError as err:
         return {}, [str(err)]
     return job_spec, []

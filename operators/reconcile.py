@@ -14,7 +14,8 @@ import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from vap.kube import FINISHED  # RayJob jobDeploymentStatus values after which it never runs again
+# FINISHED: the RayJob jobDeploymentStatus values after which it never runs again
+from vap.kube.cluster import FINISHED
 from vap.operators import resources as r
 from vap.operators.schedule import CATCH_UP, due, schedule_problems
 

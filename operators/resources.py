@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 from datetime import datetime
 
-from vap import kube
 from vap.errors import KubeError
+from vap.kube.helm import parse_manifests, render
+from vap.kube.validation import validate
+from vap.kube.values import values_from_spec
 from vap.spec import parse_spec
 
 GROUP, VERSION, PLURAL, KIND = "vap.dev", "v1alpha1", "vapretrainschedules", "VAPRetrainSchedule"
@@ -51,9 +53,9 @@ def run_objects(schedule: dict, job_spec: dict, name: str, trigger: str, tick: d
     RayJob is owned by the schedule, the ConfigMap by the RayJob (deleted with it)."""
     meta = schedule["metadata"]
     spec = parse_spec({**job_spec, "name": name}, source=f"{KIND} {meta['name']} spec.jobSpec")
-    values = kube.values_from_spec(spec, schedule["spec"].get("values") or {}, image=schedule["spec"].get("image"))
-    objects = kube.parse_manifests(kube.render(values, name, meta["namespace"]))
-    kube.validate(objects)
+    values = values_from_spec(spec, schedule["spec"].get("values") or {}, image=schedule["spec"].get("image"))
+    objects = parse_manifests(render(values, name, meta["namespace"]))
+    validate(objects)
     labels = {SCHEDULE_LABEL: meta["name"], TRIGGER_LABEL: trigger, "app.kubernetes.io/managed-by": "vap-operator"}
     for obj in objects:
         obj["metadata"].setdefault("labels", {}).update(labels)

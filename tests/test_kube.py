@@ -258,3 +258,33 @@ def test_dockerfile_passes_checkov():
     report = json.loads(proc.stdout)
     assert report["results"]["failed_checks"] == [], [c["check_id"] for c in report["results"]["failed_checks"]]
     assert report["summary"]["passed"] > 100  # non-root USER, no latest base tag, HEALTHCHECK stated, …
+
+
+def test_contract_names_live_in_the_module_of_their_concern():
+    """docs/CONTRACTS.md names each public name's module: it is there and re-exported by vap.kube."""
+    import importlib
+    import re
+
+    section = (REPO / "docs" / "CONTRACTS.md").read_text().split("## Kubernetes", 1)[1].split("\n## ", 1)[0]
+    homes = re.findall(r"`(vap\.kube\.\w+)`\s+\(([^)]*)\)", section)
+    assert {m for m, _ in homes} == {f"vap.kube.{m}" for m in ("values", "helm", "validation", "cluster", "release", "tools")}
+    for module, names in homes:
+        for name in re.findall(r"`(\w+)`", names):
+            assert getattr(importlib.import_module(module), name) is getattr(kube, name), f"{module}.{name}"
+    for name in re.findall(r"`(\w+)`", section.split("Each name")[0]):
+        assert hasattr(kube, name), name
+
+
+def test_the_operator_imports_the_split_modules_instead_of_copying_them():
+    import ast
+
+    used = set()
+    for path in (REPO / "operators").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not any(node.module == "vap" and any(a.name == "kube" for a in node.names) for node in imports), \
+            f"{path.name}: import the module of the concern (vap.kube.values, …), not the whole of vap.kube"
+        used |= {node.module for node in imports if (node.module or "").startswith("vap.kube")}
+        defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        assert not defined & set(kube.__all__), f"{path.name} redefines {defined & set(kube.__all__)}"
+    assert used == {"vap.kube.values", "vap.kube.helm", "vap.kube.validation", "vap.kube.cluster"}

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PROMOTED, REFUSED, FORCED, ROLLED_BACK = "promoted", "refused", "forced", "rolled_back"
+UNCHANGED = "unchanged"  # promoting the alias's own holder: recorded, nothing moves
 LEDGER_RUN = "registry-ledger"  # one run per model in the experiment holds the ledger artifacts
 EVAL_PREFIX = "eval."  # evaluation metrics: run metrics and version tags of this name
 
@@ -38,15 +39,18 @@ class Promotion:
     alias: str
     version: str
     previous: str | None
-    decision: str = PROMOTED  # promoted | refused | forced | rolled_back
+    decision: str = PROMOTED  # promoted | refused | forced | rolled_back | unchanged
     failures: tuple[str, ...] = ()
     reason: str = ""
 
     @property
     def moved(self) -> bool:
+        """The alias holds `version` now (it passed, was forced, rolled back, or held it already)."""
         return self.decision != REFUSED
 
     def summary(self) -> str:
+        if self.decision == UNCHANGED:
+            return f"{self.model_name}@{self.alias} is already version {self.version}: nothing moved"
         if not self.moved:
             return (f"{self.model_name}@{self.alias} stays at version {self.previous}: version {self.version} refused — "
                     + "; ".join(self.failures))
@@ -262,7 +266,13 @@ class Registry:
         with self._lock():
             previous = self.version_of(alias)
             challenger = self.version_metrics(version)
-            champion = self.version_metrics(previous) if previous and previous != version else None
+            if previous == version:  # a no-op: no gate to pass, and no rollback step to leave behind
+                moved = Promotion(self.model_name, alias, version, previous, UNCHANGED, (),
+                                  reason.strip() or "already the holder")
+                self._append(moved, challenger, challenger, policy.model_dump(mode="json"))
+                log.info("%s", moved.summary())
+                return moved
+            champion = self.version_metrics(previous) if previous else None
             failures = tuple(str(f) for f in gate.check(policy, challenger, champion))
             decision = FORCED if failures and force else REFUSED if failures else PROMOTED
             moved = Promotion(self.model_name, alias, version, previous, decision, failures,
@@ -397,6 +407,9 @@ class Registry:
             held.__exit__(None, None, None)
 
 
+BATCH_LIMIT = 1000  # metrics per MLflow log_batch (the server refuses more)
+
+
 class GuardedMetrics:
     """Per-step metrics of a long job that survive a tracking-server outage.
 
@@ -416,7 +429,7 @@ class GuardedMetrics:
 
     def log(self, step: int, **values: float) -> bool:
         """Queue one step and try to send the queue; True when MLflow has everything."""
-        self.pending.append((step, int(time.time() * 1000), values))
+        self.pending.append((step, int(time.time() * 1000), dict(values)))
         if len(self.pending) > self.max_pending:
             cut = len(self.pending) - self.max_pending
             self.dropped += cut
@@ -432,10 +445,13 @@ class GuardedMetrics:
             return True
         if not force and self._failed_at is not None and time.monotonic() - self._failed_at < self.retry_every:
             return False
-        metrics = [Metric(k, float(v), ts, step) for step, ts, values in self.pending for k, v in values.items()]
+        sent = 0
         try:
-            for i in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
-                self.registry.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+            while self.pending:
+                batch = self._next_batch()
+                self.registry.client.log_batch(self.run_id, metrics=[Metric(*m) for m in batch])
+                self._forget(batch)  # at once: a later batch failing must not send this one again
+                sent += 1
         except Exception as err:  # noqa: BLE001 - any tracking failure: keep the queue, keep training
             if self._failed_at is None:
                 log.warning("cannot log step metrics to %s (%s: %s); buffering %d steps and retrying every %.0fs",
@@ -444,9 +460,27 @@ class GuardedMetrics:
             self._failed_at = time.monotonic()
             return False
         if self._failed_at is not None:
-            log.info("tracking server back: logged %d buffered steps", len(self.pending))
-        self.pending, self._failed_at = [], None
+            log.info("tracking server back: logged the buffered steps in %d batches", sent)
+        self._failed_at = None
         return True
+
+    def _next_batch(self) -> list[tuple[str, float, int, int]]:
+        """The oldest queued values, at most BATCH_LIMIT of them, as (key, value, timestamp, step)."""
+        batch = []
+        for step, ts, values in self.pending:
+            for key, value in values.items():
+                if len(batch) == BATCH_LIMIT:
+                    return batch
+                batch.append((key, float(value), ts, step))
+        return batch
+
+    def _forget(self, batch) -> None:
+        """Drop what MLflow now holds from the queue: whole steps, and the sent keys of a split step."""
+        for key, *_ in batch:
+            values = self.pending[0][2]  # the batch is the queue's head, in order
+            del values[key]
+            if not values:
+                self.pending.pop(0)
 
     def close(self) -> None:
         if not self.flush(force=True):
@@ -576,6 +610,8 @@ def prepare_tracking_store(backend_uri: str, artifacts_uri: str) -> list[str]:
 def ledger_line(entry: dict) -> str:
     """One ledger entry as one line: seq, when, who, what, why."""
     moved = f"{entry['alias']}: {entry['previous'] or 'none'} -> {entry['version']}"
+    if entry["decision"] == UNCHANGED:
+        moved += " (no-op: already the holder)"
     if entry["decision"] == REFUSED:
         moved = f"{entry['alias']}: version {entry['version']} refused, stays {entry['previous'] or 'none'}"
     failed = "; ".join(entry.get("failures") or [])

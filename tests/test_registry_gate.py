@@ -8,7 +8,7 @@ import pytest
 
 from vap import gate
 from vap.errors import RegistryError
-from vap.registry import Registry
+from vap.registry import Registry, ledger_line
 from vap.spec import MetricGate, PromotionSpec
 
 LOSS = PromotionSpec(metrics={"eval_loss": MetricGate(greater_is_better=False, margin=0.01)})
@@ -127,7 +127,7 @@ def test_missing_gate_metric_refused_and_evaluation_recorded(registry, tmp_path)
 
 PROMOTE = """
 import sys, time
-from vap.registry import Registry
+from vap.registry import Registry, ledger_line
 r = Registry(sys.argv[1], sys.argv[2], lock_uri=sys.argv[3])
 read = r.version_metrics
 r.version_metrics = lambda v: (time.sleep(2), read(v))[1]  # widen the read-decide-write window
@@ -151,3 +151,19 @@ def test_two_processes_promoting_at_once_leave_alias_and_ledger_consistent(regis
     assert first["previous"] is None and second["previous"] == first["version"]  # each saw the other's move
     assert registry.version_of("champion") == second["version"] and registry.audit() == []
     json.dumps(history)
+
+
+def test_promoting_the_champion_again_is_a_recorded_no_op(tmp_path):
+    registry = Registry(f"sqlite:///{tmp_path}/mlflow.db", "noop")
+    v1, v2 = _version(registry, 0.5), _version(registry, 0.5)
+    registry.promote(version=v1, policy=LOSS)
+    registry.promote(version=v2, policy=LOSS)
+    again = registry.promote(version=v2, policy=LOSS)
+    assert (again.decision, again.moved, registry.version_of("champion")) == ("unchanged", True, v2)
+    assert again.summary() == f"noop@champion is already version {v2}: nothing moved"
+    last = registry.history()[-1]
+    assert (last["decision"], last["version"], last["previous"]) == ("unchanged", v2, v2)
+    assert ledger_line(last).split(" — ")[0].endswith(f"unchanged champion: {v2} -> {v2} (no-op: already the holder)")
+    # the no-op leaves no step behind: rollback goes to the holder before v2, not to v2 itself
+    assert registry.rollback().version == v1 and registry.version_of("champion") == v1
+    assert registry.audit() == []

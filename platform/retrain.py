@@ -4,8 +4,10 @@ What a scheduled run executes, on a cluster and on one machine:
 
 1. build the snapshot of `data.source` (a no-op that finds the last one when the source is
    unchanged: `vap.datasets.build` keys it by the source listing and by content);
-2. train the job `<spec name>-<snapshot id>`: a name derived from the spec and the data, so a
-   repeated cycle on the same data resumes that job, or finds it finished and trains nothing;
+2. train the job `<spec name>-<model name>-<digest>`: a name derived from the spec, the model it
+   registers and the data, so a repeated cycle on the same data resumes that job, or finds it
+   finished and trains nothing, and two specs training different models on one snapshot never
+   share a job (its checkpoints, its MLflow run);
 3. evaluate: the metrics recorded on the registered version (the trainer's held-out eval loss,
    `metric.eval_loss`, and any `eval.*` that `vap eval` added);
 4. per policy, register only, or promote through the registry's gate (`Registry.promote` under
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,11 +36,14 @@ Policy = Literal["register", "promote"]
 POLICIES = ("register", "promote")
 
 
-def job_name(spec_name: str, snapshot_id: str) -> str:
-    """`<spec name>-<8 hex of the snapshot>`: a valid job name (≤ 42 characters), the same for
-    the same spec and data, so a repeated cycle resumes or no-ops."""
-    digest = hashlib.sha256(snapshot_id.encode()).hexdigest()[:8]
-    return f"{spec_name[:33].rstrip('-')}-{digest}"
+def job_name(spec_name: str, model_name: str, snapshot_id: str) -> str:
+    """`<spec name>-<model name>-<8 hex>`: a valid job name (≤ 42 characters), the same for the
+    same spec, model and data, so a repeated cycle resumes or no-ops. The hex digests all three,
+    so names that truncation or lowercasing would merge stay apart."""
+    digest = hashlib.sha256("\0".join((spec_name, model_name, snapshot_id)).encode()).hexdigest()[:8]
+    model = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")  # registry names allow _ . A-Z
+    readable = f"{spec_name}-{model}"[:33].rstrip("-")
+    return f"{readable}-{digest}"
 
 
 @dataclass
@@ -83,7 +89,7 @@ def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None
     data_changed = not snapshot.reused
     reasons.append(f"data: snapshot {snapshot.id} " + ("built from new data" if data_changed else "unchanged, reused"))
 
-    job = job_name(spec.name, snapshot.id)
+    job = job_name(spec.name, spec.registry.model_name, snapshot.id)
     job_spec = spec.model_copy(update={"name": job, "data": spec.data.model_copy(update={"snapshot": snapshot.id})})
     before = registry.find_run(job)
     finished = before is not None and before.info.status == "FINISHED" and bool(before.data.tags.get("vap.version"))

@@ -18,7 +18,7 @@ def retrain(
     json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON (what the operator reads)."),
 ) -> None:
     """One idempotent retraining cycle: build the snapshot if the data changed, train the job
-    `<name>-<snapshot>` (a repeated cycle resumes or does nothing), then register or promote
+    `<name>-<model>-<digest of the data>` (a repeated cycle resumes or does nothing), then register or promote
     through the gate. Prints what it decided and why."""
     from vap.retrain import gate_trained
     from vap.retrain import retrain as run_cycle

@@ -53,18 +53,39 @@ def world(spec):
     return World(Registry(spec.registry.tracking_uri, "expert"))
 
 
-def test_job_name_is_stable_valid_and_keyed_by_data(spec):
-    assert job_name("nightly", "abc") == job_name("nightly", "abc") != job_name("nightly", "abd")
-    long = job_name("x" * 42, "abc")
-    assert len(long) <= 42 and parse_spec({**spec.model_dump(mode="json"), "name": long}).name == long
-    assert job_name("nightly", "abc").startswith("nightly-")
+def test_job_name_is_stable_valid_and_keyed_by_spec_model_and_data(spec):
+    name = job_name("nightly", "expert", "abc")
+    assert name == job_name("nightly", "expert", "abc")
+    assert len({name, job_name("nightly", "expert", "abd"), job_name("nightly", "other", "abc"),
+                job_name("nightly-2", "expert", "abc")}) == 4
+    assert name.startswith("nightly-expert-")
+    # registry names allow what job names do not; truncation must not merge two long names
+    odd = job_name("nightly", "Expert_v2.1", "abc")
+    assert odd.startswith("nightly-expert-v2-1-") and odd != job_name("nightly", "expert-v2-1", "abc")
+    longs = {job_name("x" * 42, "expert", "abc"), job_name("x" * 41, "expert", "abc"), job_name("x" * 42, "m" * 60, "abc")}
+    assert len(longs) == 3
+    for long in longs:
+        assert len(long) <= 42 and parse_spec({**spec.model_dump(mode="json"), "name": long}).name == long
+
+
+def test_two_models_on_one_snapshot_never_share_a_job(spec, world):
+    """Two specs of the same name training different models on the same data: each trains its
+    own job and registers its own version (a shared job would hand the second the first's run)."""
+    other_spec = spec.model_copy(update={"registry": spec.registry.model_copy(update={"model_name": "expert-b"})})
+    other = World(Registry(spec.registry.tracking_uri, "expert-b"))
+    other.built = world.built  # the same data source: its snapshot is reused
+    a, b = world.cycle(spec), other.cycle(other_spec)
+    assert a.snapshot == b.snapshot == "snap-a" and a.job != b.job
+    assert (a.trained, b.trained) == (True, True) and other.trained == [(b.job, "snap-a")]
+    assert b.job == job_name("nightly", "expert-b", "snap-a")
+    assert other.registry.version_of("champion") == b.version and world.registry.version_of("champion") == a.version
 
 
 def test_cycles_promote_then_noop_then_gate_refuses_worse_data(spec, world):
     first = world.cycle(spec)
     assert (first.decision, first.data_changed, first.trained) == ("promoted", True, True)
     assert world.registry.version_of("champion") == first.version
-    assert world.trained == [(job_name("nightly", "snap-a"), "snap-a")]  # trained on the snapshot it built
+    assert world.trained == [(job_name("nightly", "expert", "snap-a"), "snap-a")]  # trained on the snapshot it built
 
     again = world.cycle(spec)  # same data: same job, nothing trained, nothing moved
     assert (again.decision, again.data_changed, again.trained, again.job) == ("unchanged", False, False, first.job)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 
 from vap import storage
 from vap.errors import StorageError, TrainingError
+from vap.training import zero
 
 log = logging.getLogger(__name__)
 
@@ -177,25 +179,40 @@ def world_size_of(uri: str) -> int:
 
 
 def restore(engine, folder: Path) -> tuple[int, dict | None]:
-    """Load the engine state saved by `save`; returns (step, loader state).
+    """Load the engine state saved by `save`; returns (step, loader state). `folder` is only read.
 
     A checkpoint of another world size is converted to DeepSpeed's universal checkpoint first
     (fp32 weights and Adam moments per parameter, re-partitioned over this world on load): the
     engine must have been built for it (`zero.build_engine(..., universal=True)`)."""
-    from vap.training import zero
-
     saved, world = json.loads((folder / META).read_text())["world_size"], torch.distributed.get_world_size()
-    tag = TAG
-    if saved != world:
-        if not engine.load_universal_checkpoint():
-            raise TrainingError(f"{folder}: checkpoint of {saved} ranks, engine of {world} built for a rigid load")
-        tag = f"{TAG}-universal"
-        zero.to_universal(str(folder / TAG), str(folder / tag))
-        log.info("converted %s (world size %d) to a universal checkpoint for world size %d", folder, saved, world)
-    _, client = engine.load_checkpoint(str(folder), tag=tag, load_module_strict=False)
-    if client is None:
-        raise RuntimeError(f"{folder}: no DeepSpeed checkpoint with tag {TAG!r}")
+    if saved == world:
+        client = _load(engine, folder, TAG)
+    else:
+        client = _load_universal(engine, folder, saved)
     if "rng" in client:
         torch.set_rng_state(client["rng"])
     log.info("resumed from %s at step %d", folder, client["step"])
     return client["step"], client.get("loader")
+
+
+def _load_universal(engine, folder: Path, saved: int) -> dict:
+    """Convert `folder`'s ZeRO state (written by `saved` ranks) and load it re-partitioned.
+    Each rank converts into a folder of its own: ranks that share `folder` (one node, a shared
+    file system) would otherwise race in ds_to_universal — one removes its temporary slices
+    while another still merges them (an IndexError there) or loads a half-written file."""
+    world = torch.distributed.get_world_size()
+    if not engine.load_universal_checkpoint():
+        raise TrainingError(f"{folder}: checkpoint of {saved} ranks, engine of {world} built for a rigid load")
+    tag = f"{TAG}-universal"
+    with tempfile.TemporaryDirectory(prefix="vap-universal-") as private:
+        zero.to_universal(str(folder / TAG), str(Path(private) / tag))
+        log.info("converted %s (world size %d) to a universal checkpoint for world size %d", folder, saved, world)
+        return _load(engine, Path(private), tag)
+
+
+def _load(engine, folder: Path, tag: str) -> dict:
+    """DeepSpeed's load of `folder/tag`; the client state saved with it."""
+    _, client = engine.load_checkpoint(str(folder), tag=tag, load_module_strict=False)
+    if client is None:
+        raise RuntimeError(f"{folder}: no DeepSpeed checkpoint with tag {tag!r}")
+    return client

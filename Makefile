@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.setup-$(SETUP_KEY)
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch-extensions
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup demo retrain-demo test test-fast lint clean bench mutate
+.PHONY: help setup demo retrain-demo test test-fast lint clean bench mutate claims
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ mutate: setup ## mutation testing ([tool.mutmut] in pyproject.toml) on a copy of
 
 bench: setup ## every benchmark side by side in one run → benchmarks/results/summary.{json,md,png} and the README table (QUICK=1: smaller sizes)
 	$(BIN)/python benchmarks/run_all.py $(if $(filter 1 true yes,$(QUICK)),--quick)
+
+claims: setup ## the paper's claims at CPU scale: train (or reuse) experts, `vap eval` → docs/CLAIMS.md + docs/figures (slow, ≈25 min; not in CI)
+	nice -n 10 $(BIN)/python tools/claims.py $(if $(STEPS),--steps $(STEPS)) $(if $(PAIRS),--pairs $(PAIRS))
 
 lint: setup ## ruff
 	$(BIN)/ruff check platform training datasets operators tests benchmarks

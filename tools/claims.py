@@ -1,0 +1,253 @@
+"""`make claims`: the paper's claims at CPU scale, measured by `vap eval` (docs/CLAIMS.md).
+
+    .venv/bin/python tools/claims.py [--config tools/claims.yaml] [--steps 1500] [--pairs N]
+
+1. synthetic VAP-Data and its snapshot (`vap data build`; reused when unchanged);
+2. two experts trained in this process (`vap.evaluation.fit`): Δ = −T (the paper's biased RoPE)
+   and Δ = 0, each cached under `.vap-claims/experts/<key>` — the key hashes the snapshot id,
+   the recipe and the training code, so a rerun reuses them;
+3. the probes of `vap.evaluation.probe` (val loss with true / mismatched / noise / no reference,
+   attention share on the reference, drift from the backbone);
+4. `vap eval` (`vap.evaluation.evaluate`): (a) val alignment of VAP vs the backbone alone vs a
+   mismatched reference vs chance, (b) the unseen conditions, (c) copying of Δ = −T vs Δ = 0;
+5. docs/figures/claims-*.png and the numbers between the claims markers of docs/CLAIMS.md.
+
+Slow and not in CI: ≈ 10 min per 1000 training steps per expert and ≈ 5 s per evaluated pair
+on 2 shared cores. The numbers are written whatever they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLAIMS_MD = ROOT / "docs" / "CLAIMS.md"
+FIGURES = ROOT / "docs" / "figures"
+MARKERS = ("<!-- claims:start -->", "<!-- claims:end -->")
+CONDITIONS_PER_CATEGORY, CLIPS_PER_CONDITION = 6, 10  # all 24 conditions: chance is 1/24
+EXPERTS = {"delta_minus_T": None, "delta_0": 0}  # name → model.expert.rope_delta (None = −T)
+
+log = logging.getLogger("claims")
+
+
+def build_data(spec):
+    from vap.datasets.build import build_snapshot
+    from vap.datasets.synth import synthesize
+
+    d = spec.data
+    synthesize(d.source, frames=2 * d.frames, fps=d.fps, size=d.width, seed=d.seed,
+               conditions_per_category=CONDITIONS_PER_CATEGORY, clips_per_condition=CLIPS_PER_CONDITION,
+               progress=False)
+    return build_snapshot(spec)
+
+
+def expert_key(snapshot_id: str, recipe: dict) -> str:
+    from vap.evaluation import fit
+
+    code = inspect.getsource(fit)
+    return hashlib.sha256((snapshot_id + json.dumps(recipe, sort_keys=True) + code).encode()).hexdigest()[:16]
+
+
+def train_or_reuse(spec, snapshot, train, name: str, rope_delta, steps: int) -> tuple[Path, dict]:
+    """The expert folder of this recipe (trained now if not cached) and its training record."""
+    import torch
+
+    from vap.evaluation.fit import train_expert
+    from vap.training.families import get_family
+    from vap.training.model import VAPTransformer
+
+    t = spec.trainer
+    recipe = {"name": name, "rope_delta": rope_delta, "steps": steps, "batch_size": t.batch_size, "lr": t.lr,
+              "seed": t.seed, "blocks": spec.model.expert.blocks, "backbone": Path(spec.model.backbone).name}
+    folder = Path(spec.storage.uri).parent.parent / "experts" / expert_key(snapshot.id, recipe)
+    record = folder / "training.json"
+    if record.exists():
+        log.info("expert %s: reusing %s", name, folder)
+        return folder, json.loads(record.read_text())
+    torch.manual_seed(t.seed)
+    model = VAPTransformer.from_backbone(spec.model.backbone, spec.model.family, blocks=spec.model.expert.blocks,
+                                         reference_attention=spec.model.expert.reference_attention,
+                                         rope_delta=rope_delta)
+    objective = get_family(spec.model.family).objective(spec.model.backbone)
+    start = time.perf_counter()
+    losses = train_expert(model, objective, train, steps=steps, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+                          progress=lambda s, n, loss: log.info("%s step %d/%d loss %.4f", name, s, n, loss)
+                          if s % 100 == 0 else None)
+    model.save_expert(folder)
+    info = {"recipe": recipe, "seconds": round(time.perf_counter() - start, 1),
+            "final_loss": sum(losses[-50:]) / len(losses[-50:])}
+    record.write_text(json.dumps(info, indent=1))
+    return folder, info
+
+
+def probe(spec, folder: Path, val) -> dict:
+    from vap.evaluation.probe import expert_drift, reference_attention_share, reference_losses
+    from vap.training.families import get_family
+    from vap.training.pipeline import VAPPipeline
+
+    model = VAPPipeline.from_expert(folder, backbone=spec.model.backbone).transformer
+    objective = get_family(spec.model.family).objective(spec.model.backbone)
+    return {"val_loss": reference_losses(model, objective, val),
+            "attention_share": reference_attention_share(model, objective, val),
+            "drift": expert_drift(model)}
+
+
+def stat(report, name: str, group: str = "overall") -> dict:
+    return report.summary()[group][name]
+
+
+def fmt(s: dict, pct: bool = True) -> str:
+    if pct:
+        return f"{100 * s['mean']:.1f} % [{100 * s['low']:.0f}, {100 * s['high']:.0f}]"
+    return f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
+
+
+def figures(results: dict, chance: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    out = []
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, split in zip(axes, ("val", "unseen"), strict=True):
+        rows = results["eval"][split]
+        names = [("VAP", "alignment_top1"), ("backbone alone", "baseline_backbone.alignment_top1"),
+                 ("mismatched", "mismatched.alignment_top1")]
+        stats = [rows[m] for _, m in names if m in rows]
+        labels = [n for n, m in names if m in rows]
+        means = [100 * s["mean"] for s in stats]
+        err = [[100 * (s["mean"] - s["low"]) for s in stats], [100 * (s["high"] - s["mean"]) for s in stats]]
+        ax.bar(labels, means, yerr=err, capsize=4, color=["tab:blue", "tab:gray", "tab:orange"][:len(stats)])
+        ax.axhline(100 * chance, color="k", ls="--", lw=1, label=f"chance {100 * chance:.1f} %")
+        ax.set_title(f"({'a' if split == 'val' else 'b'}) {split}: top-1 alignment, 95 % CI")
+        ax.set_ylim(0, 100)
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out.append(FIGURES / "claims-alignment.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    copy = [results["eval"]["val"]["copying"], results["eval"]["val_delta_0"]["copying"]]
+    axes[0].bar(["Δ = −T", "Δ = 0"], [s["mean"] for s in copy],
+                yerr=[[s["mean"] - s["low"] for s in copy], [s["high"] - s["mean"] for s in copy]], capsize=4)
+    axes[0].axhline(0, color="k", lw=1)
+    axes[0].set_title("(c) copying score on val (>0: closer to the reference)")
+    losses = results["probe"]["delta_minus_T"]["val_loss"]
+    axes[1].bar(list(losses), list(losses.values()), color="tab:green")
+    axes[1].set_title("val denoising loss by reference (Δ = −T)")
+    fig.tight_layout()
+    out.append(FIGURES / "claims-copying-loss.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_markdown(results: dict, chance: float, when: str) -> str:
+    val, unseen, zero = (results["eval"][k] for k in ("val", "unseen", "val_delta_0"))
+    t = results["training"]["delta_minus_T"]
+    lines = [
+        f"Measured {when} by `make claims` (`tools/claims.py`, config `tools/claims.yaml`, snapshot "
+        f"{results['snapshot']}) on 2 shared CPUs; experts: {t['recipe']['steps']} steps of batch "
+        f"{t['recipe']['batch_size']}, lr {t['recipe']['lr']}, expert on all blocks "
+        f"({t['seconds']:.0f} s to train each); `vap eval` with 25 steps, guidance 1. Chance = 1/24 = "
+        f"{100 * chance:.1f} %.",
+        "",
+        "| claim | split | pairs | VAP top-1 [95 % CI] | backbone alone | mismatched reference | VAP mean p(condition) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for claim, split, rows in (("(a)", "val", val), ("(b)", "unseen", unseen)):
+        mis = fmt(rows["mismatched.alignment_top1"]) if "mismatched.alignment_top1" in rows else "—"
+        lines.append(f"| {claim} | {split} | {rows['alignment_top1']['n']} | {fmt(rows['alignment_top1'])} | "
+                     f"{fmt(rows['baseline_backbone.alignment_top1'])} | {mis} | "
+                     f"{rows['alignment_prob']['mean']:.3f} |")
+    lines += [
+        "",
+        "| claim (c) | copying on val [95 % CI] | VAP top-1 | val loss |",
+        "| --- | --- | --- | --- |",
+        f"| Δ = −T (biased RoPE) | {fmt(val['copying'], False)} | {fmt(val['alignment_top1'])} | "
+        f"{val['loss']['mean']:.4f} |",
+        f"| Δ = 0 | {fmt(zero['copying'], False)} | {fmt(zero['alignment_top1'])} | {zero['loss']['mean']:.4f} |",
+        "",
+        "Probes (`vap.evaluation.probe`, val, fixed noise): loss with the true / mismatched / noise / no reference,",
+        "the target's attention share on the reference tokens per block, drift of each block from the backbone.",
+        "",
+        "| expert | true | mismatched | noise | none | attention share | drift |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, p in results["probe"].items():
+        v = p["val_loss"]
+        share = ", ".join(f"{x:.2f}" for x in p["attention_share"])
+        drift = ", ".join(f"{x:.2f}" for x in p["drift"].values())
+        lines.append(f"| {name} | {v['true']:.4f} | {v['mismatched']:.4f} | {v['noise']:.4f} | {v['none']:.4f} | "
+                     f"{share} | {drift} |")
+    lines += ["", "![alignment](figures/claims-alignment.png)", "", "![copying and loss](figures/claims-copying-loss.png)"]
+    return "\n".join(lines)
+
+
+def update_doc(block: str) -> None:
+    text = CLAIMS_MD.read_text()
+    pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{CLAIMS_MD}: no {MARKERS[0]} … {MARKERS[1]} block; add the two markers where the numbers go")
+    CLAIMS_MD.write_text(pattern.sub(lambda _: f"{MARKERS[0]}\n{block}\n{MARKERS[1]}", text))
+
+
+def main(argv=None) -> int:
+    import datetime
+
+    import torch
+
+    from vap.evaluation.evaluate import evaluate
+    from vap.evaluation.probe import load_split
+    from vap.spec import load_spec
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "tools" / "claims.yaml"))
+    ap.add_argument("--steps", type=int, help="training steps per expert (default: the config's trainer.steps)")
+    ap.add_argument("--pairs", type=int, help="evaluated pairs per split (default: all)")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/CLAIMS.md and the figures")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(1)  # a shared machine: one core
+
+    spec = load_spec(args.config)
+    steps = args.steps or spec.trainer.steps
+    snapshot = build_data(spec)
+    out = Path(spec.storage.uri).parent.parent
+    cache = out / "cache"
+    train, val = (load_split(snapshot.uri, s, cache) for s in ("train", "val"))
+    results: dict = {"snapshot": snapshot.id, "training": {}, "probe": {}, "eval": {}}
+    folders = {}
+    for name, delta in EXPERTS.items():
+        folders[name], results["training"][name] = train_or_reuse(spec, snapshot, train, name, delta, steps)
+        results["probe"][name] = probe(spec, folders[name], val)
+        log.info("%s probe %s", name, results["probe"][name]["val_loss"])
+    runs = (("val", "delta_minus_T", "val"), ("unseen", "delta_minus_T", "unseen"), ("val_delta_0", "delta_0", "val"))
+    for key, name, split in runs:
+        report = evaluate(spec, str(folders[name]), split, args.pairs, out_dir=out / "eval" / key, record=False,
+                          progress=False)
+        results["eval"][key] = report.summary()["overall"]
+        print(report.table())
+    (out / "claims.json").write_text(json.dumps(results, indent=1))
+    chance = 1 / 24
+    if not args.no_doc:
+        figures(results, chance)
+        update_doc(write_markdown(results, chance, datetime.date.today().isoformat()))
+    print(write_markdown(results, chance, "now"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -55,7 +55,6 @@ def run_objects(schedule: dict, job_spec: dict, name: str, trigger: str, tick: d
     spec = parse_spec({**job_spec, "name": name}, source=f"{KIND} {meta['name']} spec.jobSpec")
     values = values_from_spec(spec, schedule["spec"].get("values") or {}, image=schedule["spec"].get("image"))
     objects = parse_manifests(render(values, name, meta["namespace"]))
-    validate(objects)
     labels = {SCHEDULE_LABEL: meta["name"], TRIGGER_LABEL: trigger, "app.kubernetes.io/managed-by": "vap-operator"}
     for obj in objects:
         obj["metadata"].setdefault("labels", {}).update(labels)
@@ -66,6 +65,7 @@ def run_objects(schedule: dict, job_spec: dict, name: str, trigger: str, tick: d
     kinds = [o["kind"] for o in objects]
     if kinds.count("RayJob") != 1:
         raise KubeError(f"{meta['name']}: the train chart rendered {kinds}, expected one RayJob")
+    validate(objects)  # what is sent, labels and owner reference included
     return objects
 
 

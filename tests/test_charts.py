@@ -99,6 +99,8 @@ def _scan_documents(rendered) -> list[dict]:
             meta = obj["metadata"]
             images = [c["image"] for _, t in kube.pod_templates(obj) for c in _containers(t)]
             skips = dict(SKIPS["tag-pinned"]) if any("@sha256:" not in i for i in images) else {}
+            if obj["kind"] == "Deployment" and meta["labels"].get("app.kubernetes.io/component") == "operator":
+                skips.update(SKIPS["operator"])
             docs.append(_annotate(obj, skips))
             if obj["kind"] != "RayJob":
                 continue
@@ -125,14 +127,7 @@ def test_checkov_finds_nothing_beyond_documented_skips(rendered, tmp_path):
     for group in SKIPS.values():
         for check, reason in group.items():
             assert re.fullmatch(r"CKV2?_K8S_\d+", check) and len(reason.split()) >= 8, f"{check}: write down why it is skipped"
-    manifest = tmp_path / "all.yaml"
-    manifest.write_text(yaml.safe_dump_all(_scan_documents(rendered), sort_keys=False))
-    proc = subprocess.run(
-        [str(CHECKOV), "-f", str(manifest), "--framework", "kubernetes", "--skip-download", "-o", "json",
-         "--skip-check", ",".join(SKIPS["all"])],
-        capture_output=True, text=True, timeout=300,
-    )
-    report = json.loads(proc.stdout)
+    report = _checkov(_scan_documents(rendered), tmp_path)
     results = report["results"]
     failed = [f"{r['check_id']} {r['resource']}" for r in results["failed_checks"]]
     assert failed == [], "checkov failures:\n" + "\n".join(failed)
@@ -143,6 +138,56 @@ def test_checkov_finds_nothing_beyond_documented_skips(rendered, tmp_path):
     # skips are only the documented ones, each applied where its section says
     allowed = set(SKIPS["tag-pinned"]) | set(SKIPS["ray-pods"])
     assert {r["check_id"] for r in results["skipped_checks"]} <= allowed
+
+
+def _checkov(documents: list[dict], tmp_path: Path) -> dict:
+    """checkov's JSON report over these documents (SKIPS["all"] off everywhere)."""
+    manifest = tmp_path / "all.yaml"
+    manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    proc = subprocess.run(
+        [str(CHECKOV), "-f", str(manifest), "--framework", "kubernetes", "--skip-download", "-o", "json",
+         "--skip-check", ",".join(SKIPS["all"])],
+        capture_output=True, text=True, timeout=300,
+    )
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def operator_rendered() -> dict[str, list[dict]]:
+    """The platform chart with the operator on, and what the operator creates for one tick: the
+    run's RayJob + ConfigMap (rendered by vap.kube) and the gate Job of that RayJob."""
+    from datetime import UTC, datetime
+
+    from vap.operators import resources as r
+
+    values = _values(PLATFORM / "ci" / "operator-values.yaml")
+    chart = kube.parse_manifests(kube.render(values, "vap-platform", "vap", PLATFORM))
+    schedule = {"apiVersion": r.API_VERSION, "kind": r.KIND,
+                "metadata": {"name": "nightly", "namespace": "vap", "uid": "uid-schedule"}, "spec": {}}
+    tick = datetime(2027, 1, 1, 3, tzinfo=UTC)
+    run = r.run_objects(schedule, yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text()),
+                        r.run_name("nightly", tick), "schedule", tick)
+    rayjob = next(o for o in run if o["kind"] == "RayJob")
+    created = {**rayjob, "metadata": {**rayjob["metadata"], "uid": "uid-rayjob"}}  # the API server sets uid
+    return {"platform-operator": chart, "operator-run": [*run, r.gate_job(created, "PromoteIfGatePasses")]}
+
+
+def test_checkov_passes_the_operator_and_the_objects_it_creates(operator_rendered, tmp_path):
+    kube.validate(_all(operator_rendered))
+    report = _checkov(_scan_documents(operator_rendered), tmp_path)
+    results = report["results"]
+    failed = [f"{r['check_id']} {r['resource']}" for r in results["failed_checks"]]
+    assert failed == [], "checkov failures:\n" + "\n".join(failed)
+    scanned = {r["resource"].split(".helm.sh/")[0] for r in results["passed_checks"]}
+    assert {"Deployment.vap.vap-platform-operator", "Role.vap.vap-platform-operator", "Job.vap.nightly-202701010300-gate",
+            "Pod.vap.nightly-202701010300-head"} <= scanned
+    # each pod is selected by a NetworkPolicy: the operator's by its own, the gate Job's by the training one
+    fenced = {r["resource"].split(".helm.sh/")[0] for r in results["passed_checks"] if r["check_id"] == "CKV2_K8S_6"}
+    assert {"Pod.vap.vap-platform-operator", "Pod.vap.nightly-202701010300-gate"} <= fenced
+    # the operator's token mount is the one extra skip, on its Deployment only
+    skipped = {(r["check_id"], r["resource"]) for r in results["skipped_checks"]}
+    assert {c for c, _ in skipped} <= set(SKIPS["tag-pinned"]) | set(SKIPS["ray-pods"]) | set(SKIPS["operator"])
+    assert {res for c, res in skipped if c in SKIPS["operator"]} == {"Deployment.vap.vap-platform-operator"}
 
 
 def test_pods_are_secure_by_default(rendered):

@@ -116,3 +116,43 @@ def test_deployment_runs_the_handlers_with_a_liveness_probe(objects):
 def test_interval_beyond_the_on_time_window_is_refused():
     with pytest.raises(kube.KubeError, match="operator.interval"):
         kube.render({"operator": {"enabled": True, "interval": 600}}, "vap-platform", "vap", kube.PLATFORM_CHART)
+
+
+DNS = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+       "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+
+
+def _selects(policy: dict, pod_labels: dict) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}, selector
+    return all(pod_labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_network_policy_fences_the_operator(objects):
+    """No ingress; egress to DNS, the API server and object storage (the data trigger) only:
+    exactly the values file's peers, nothing towards MLflow or the Ray pods."""
+    values = yaml.safe_load(VALUES.read_text())["networkPolicy"]
+    policy = one(objects, "NetworkPolicy")
+    pods = {f"{o['kind']}/{o['metadata']['name']}": tpl["metadata"]["labels"]
+            for o in objects for _, tpl in kube.pod_templates(o)}
+    assert [name for name, labels in pods.items() if _selects(policy, labels)] == ["Deployment/vap-platform-operator"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in spec  # deny every inbound connection
+    assert spec["egress"] == [DNS, *values["apiServer"], *values["objectStorage"]]
+
+
+def test_network_policy_defaults_and_probe_ingress():
+    render = lambda values: kube.parse_manifests(kube.render(values, "vap-platform", "vap", kube.PLATFORM_CHART))  # noqa: E731
+    objects = render({"operator": {"enabled": True}})
+    egress = one(objects, "NetworkPolicy")["spec"]["egress"]
+    # the API server's port after the Service's NAT: 6443 (kubeadm) or 443 (managed), anywhere until narrowed
+    assert {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+            "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]} in egress
+    nodes = [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    objects = render({"operator": {"enabled": True}, "networkPolicy": {"operatorProbeFrom": nodes}})
+    [rule] = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    [container] = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert rule == {"from": nodes, "ports": [{"port": container["livenessProbe"]["httpGet"]["port"], "protocol": "TCP"}]}
+    kube.validate(objects)
+    off = render({"operator": {"enabled": True}, "networkPolicy": {"enabled": False}})
+    assert not [o for o in off if o["kind"] == "NetworkPolicy"]

@@ -28,6 +28,9 @@ def test_run_objects_are_the_train_charts_with_owner_and_tick():
     assert rayjob["metadata"]["ownerReferences"][0]["uid"] == "uid-schedule"
     assert rayjob["metadata"]["annotations"][r.TICK_ANNOTATION] == TICK.isoformat()
     assert rayjob["spec"]["entrypoint"] == "vap train --config /etc/vap/job.yaml"
+    kube.validate(objects)  # strictly, as sent: the owner reference is a metadata field KubeRay's schema allows
+    broken = {**rayjob, "metadata": {**rayjob["metadata"], "ownerReferences": [{"kind": r.KIND, "name": "nightly"}]}}
+    assert any("'apiVersion' is a required property" in p for p in kube.object_problems(broken))
     spec_cm = next(o for o in objects if o["kind"] == "ConfigMap")
     assert yaml.safe_load(spec_cm["data"]["job.yaml"])["name"] == "nightly-202701010300"
 

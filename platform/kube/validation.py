@@ -45,6 +45,12 @@ _META = {
         "namespace": {"type": "string"},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        # the operator's RayJobs are owned by their schedule (garbage collection, adoption)
+        "ownerReferences": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "name", "uid"],
+            "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"},
+                           "uid": {"type": "string"}, "controller": {"type": "boolean"},
+                           "blockOwnerDeletion": {"type": "boolean"}}}},
     },
 }
 

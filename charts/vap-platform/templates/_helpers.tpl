@@ -20,6 +20,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: mlflow
 {{- end -}}
 
+{{/* The operator Deployment's pods (its selector and its NetworkPolicy). */}}
+{{- define "vap-platform.operatorSelector" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
 {{/* The labels vap-train puts on every Ray pod (head, workers, submitter). */}}
 {{- define "vap-platform.trainingSelector" -}}
 app.kubernetes.io/part-of: vap-platform

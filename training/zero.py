@@ -13,8 +13,9 @@ import torch
 from vap.spec import JobSpec
 
 
-def deepspeed_config(spec: JobSpec, world_size: int, universal: bool = False) -> dict:
-    """`universal`: the engine will load a universal checkpoint (one of another world size)."""
+def deepspeed_config(spec: JobSpec, world_size: int, universal: bool = False, zero_overrides: dict | None = None) -> dict:
+    """`universal`: the engine will load a universal checkpoint (one of another world size);
+    `zero_overrides`: keys of `zero_optimization` to replace (benchmarks compare settings)."""
     t = spec.trainer
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
@@ -26,6 +27,7 @@ def deepspeed_config(spec: JobSpec, world_size: int, universal: bool = False) ->
             "contiguous_gradients": True,
             # On CPU (tests, demo) tiny parameters must be partitioned too, or ZeRO-3 is not exercised.
             "stage3_param_persistence_threshold": 100_000 if t.use_gpu else 0,
+            **(zero_overrides or {}),
         },
         "bf16": {"enabled": t.use_gpu},
         "checkpoint": {"load_universal": universal},
@@ -41,7 +43,7 @@ def init_distributed(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")  # adopts Ray's process group
 
 
-def build_engine(model, spec: JobSpec, world_size: int, universal: bool = False):
+def build_engine(model, spec: JobSpec, world_size: int, universal: bool = False, zero_overrides: dict | None = None):
     """(engine, lr scheduler): AdamW over the expert only, linear warmup, ZeRO per the spec;
     `universal` when it will restore a checkpoint written at another world size."""
     import deepspeed
@@ -51,7 +53,7 @@ def build_engine(model, spec: JobSpec, world_size: int, universal: bool = False)
                                   weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=warmup,
-                                                   config=deepspeed_config(spec, world_size, universal))
+                                                   config=deepspeed_config(spec, world_size, universal, zero_overrides))
     return engine, scheduler
 
 

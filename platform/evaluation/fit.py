@@ -52,7 +52,7 @@ def train_expert(model, objective, batch: dict, *, steps: int, batch_size: int, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
             progress(step, steps, losses[-1])
     model.eval()

@@ -101,7 +101,7 @@ def reference_losses(model, objective, batch: dict, batch_size: int = 16, seed: 
 
 
 @contextlib.contextmanager
-def _recording_attention() -> Iterator[list[float]]:
+def recording_attention() -> Iterator[list[float]]:
     """Patch `vap.training.attention.attend` to record, per call, the share of the target
     queries' softmax mass on the reference keys (mean over heads and queries)."""
     from vap.training import attention
@@ -125,7 +125,7 @@ def _recording_attention() -> Iterator[list[float]]:
 @torch.no_grad()
 def reference_attention_share(model, objective, batch: dict, seed: int = LOSS_SEED) -> list[float]:
     """Per expert block (in order), the target's attention share on the reference tokens."""
-    with _recording_attention() as shares:
+    with recording_attention() as shares:
         objective(model, batch, generator=torch.Generator().manual_seed(seed))
     return shares
 

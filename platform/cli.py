@@ -30,7 +30,7 @@ def _register_subapps() -> None:
     from vap.evalcli import eval_command
     from vap.kubecli import app as k8s_app
     from vap.registrycli import app as registry_app
-    from vap.registrycli import promote, rollback
+    from vap.registrycli import promote, register, rollback
     from vap.retraincli import retrain
     from vap.training.cli import app as model_app
     from vap.training.cli import generate
@@ -41,6 +41,7 @@ def _register_subapps() -> None:
     app.add_typer(registry_app, name="registry")
     app.command("promote")(promote)
     app.command("rollback")(rollback)
+    app.command("register")(register)
     app.command("generate")(generate)  # `vap generate` = `vap model generate`, the common case
     app.command("retrain")(retrain)  # what a scheduled run executes
     app.command("eval")(eval_command)

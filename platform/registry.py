@@ -9,6 +9,7 @@ it before, so a rollback is one more `promote`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -161,19 +162,55 @@ class Registry:
             self.client.set_tag(run_id, key, value)
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close the run; with the server unreachable, say so and leave it (MLflow's client would
+        retry for minutes and then hide the error that ended the job)."""
+        try:
+            self.check()
+        except RegistryError as err:
+            log.warning("cannot mark run %s %s: %s", run_id, status, err)
+            return
         self.client.set_terminated(run_id, status)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     # --- model versions and aliases -------------------------------------------------------
+    def log_expert_model(self, run_id: str, ref: dict, card: str, job_yaml: str) -> str:
+        """Log the MLflow model of an expert (`vap.expert_model`: MLmodel, pyfunc wrapper, card,
+        the reference to its weights) as a LoggedModel of `run_id`; returns its `models:/<id>` URI."""
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        from vap import expert_model
+
+        exp_id = self.client.get_run(run_id).info.experiment_id
+        logged = self.client.create_logged_model(exp_id, name="vap-expert", source_run_id=run_id,
+                                                 model_type="vap-expert")
+        mlmodel = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                        model_id=logged.model_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            # saved, not `log_model`ed: log_model would load the backbone and generate a video to
+            # validate the input example; this writes the same folder and runs nothing
+            folder = expert_model.save(Path(tmp) / "model", ref, card, job_yaml, mlflow_model=mlmodel)
+            self.client.log_model_artifacts(logged.model_id, str(folder))
+        self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        self.client.finalize_logged_model(logged.model_id, "READY")
+        return f"models:/{logged.model_id}"
+
     def register(self, run_id: str, source: str, tags: dict, description: str = "") -> str:
-        """Register `source` (the expert folder in the checkpoint) as a new version → challenger."""
+        """Register `source` (an MLflow model, `models:/<id>`, or a folder) as a new version → challenger."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_registered_model(self.model_name)
         except MlflowException:
             self.client.create_registered_model(self.model_name, description="VAP experts (MoT) by training run")
+        model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
         mv = self.client.create_model_version(self.model_name, source=source, run_id=run_id,
-                                              tags={k: str(v) for k, v in tags.items()}, description=description)
+                                              tags={k: str(v) for k, v in tags.items()}, description=description,
+                                              model_id=model_id)
         self.client.set_registered_model_alias(self.model_name, CHALLENGER, mv.version)
         log.info("registered %s version %s (%s) as @%s", self.model_name, mv.version, source, CHALLENGER)
         return str(mv.version)
@@ -196,6 +233,24 @@ class Registry:
                 f"model {self.model_name!r} has no version {version} at {self.tracking_uri}; "
                 "list versions in the MLflow UI or with `mlflow models`"
             ) from None
+
+    def expert_ref(self, ref: str) -> tuple[str, dict]:
+        """(version, where its expert is): `expert_uri`, `backbone`, and for versions registered as
+        MLflow models `backbone_revision` and `files` (sha256 per file) to check what is loaded."""
+        from vap.storage import is_storage_location
+
+        version = self.resolve(ref)
+        tags = version.tags
+        if "expert_uri" not in tags:  # a version registered before the MLflow model: source is the folder
+            source = version.source
+            if not is_storage_location(source):  # runs:/, mlflow-artifacts:/ …: MLflow fetches it
+                import mlflow
+
+                source = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
+            return str(version.version), {"expert_uri": source, "backbone": tags.get("backbone"), "files": {}}
+        return str(version.version), {"expert_uri": tags["expert_uri"], "backbone": tags["backbone"],
+                                      "backbone_revision": tags.get("backbone_revision"),
+                                      "files": json.loads(tags.get("expert_files", "{}"))}
 
     def resolve(self, ref: str):
         """A version from `models:/name@alias`, `models:/name/3`, `@alias` or `3`."""
@@ -311,7 +366,6 @@ class Registry:
 
     def history(self) -> list[dict]:
         """Every decision on this model, oldest first (the ledger artifacts)."""
-        import json
 
         run = self._ledger_run(create=False)
         if run is None:
@@ -350,7 +404,6 @@ class Registry:
 
     def _append(self, moved: Promotion, challenger: dict, champion: dict, policy: dict) -> None:
         """Add one ledger entry: a new artifact (never overwritten) and a tag on the challenger version."""
-        import json
 
         run = self._ledger_run(create=True)
         seq = len([f for f in self.client.list_artifacts(run, "ledger") if not f.is_dir]) + 1
@@ -503,6 +556,120 @@ def _params(params: dict):
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+
+
+# --- a training run becomes a model version: the one way, at the end of `vap train` or later ----------
+
+PENDING = "vap-registration.json"  # beside a job's checkpoints: what registering its run needs
+
+
+def register_training(registry: Registry, spec, run_id: str, snapshot: str, ckpt_uri: str, metrics: dict) -> str:
+    """Log the run's artifacts, log the expert's MLflow model, register it (@challenger) with its
+    lineage, close the run; returns the version. What it needs is first written beside the
+    checkpoints, so when the tracking server is unreachable the error says how to finish later
+    (`vap register --run`) and nothing is lost."""
+    from vap import storage
+
+    job_root = storage.join(spec.storage.uri, spec.name)
+    pending = storage.join(job_root, PENDING)
+    storage.write_bytes(pending, json.dumps({"run_id": run_id, "snapshot": snapshot, "checkpoint_uri": ckpt_uri,
+                                             "metrics": metrics}, indent=2, sort_keys=True).encode())
+    later = (f"the checkpoint {ckpt_uri} is committed and nothing is lost: once the server is back, "
+             f"run `vap register --run {run_id} -c <job.yaml>`")
+    try:
+        registry.check()
+    except RegistryError as err:
+        raise RegistryError(f"{err}; {later}") from None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = _register_training(registry, spec, run_id, snapshot, ckpt_uri, metrics)
+    except (MlflowException, OSError) as err:  # the server went away mid-registration
+        raise RegistryError(f"registering run {run_id} with {registry.tracking_uri} failed "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); {later}") from None
+    storage.remove(pending)
+    return version
+
+
+def register_run(registry: Registry, spec, run_id: str) -> str:
+    """`vap register --run`: register a run whose training finished but whose registration did
+    not (the tracking server was down), from what `register_training` left beside its checkpoints.
+    A run registered already returns its version."""
+    from vap import storage
+
+    run = registry.client.get_run(run_id)
+    if run.data.tags.get("vap.job") != spec.name:
+        raise RegistryError(f"run {run_id} is job {run.data.tags.get('vap.job')!r}, not {spec.name!r}; "
+                            "pass the job spec it was trained with (-c job.yaml)")
+    if run.data.tags.get("vap.version"):
+        log.info("run %s is registered already: version %s", run_id, run.data.tags["vap.version"])
+        return run.data.tags["vap.version"]
+    pending = storage.join(spec.storage.uri, spec.name, PENDING)
+    if not storage.exists(pending):
+        raise RegistryError(f"run {run_id} has no finished training to register ({pending} does not exist); "
+                            "run `vap train -c job.yaml` to finish it (it resumes)")
+    record = json.loads(storage.read_bytes(pending))
+    if record["run_id"] != run_id:
+        raise RegistryError(f"{pending} is for run {record['run_id']}, not {run_id}; register that run")
+    return register_training(registry, spec, run_id, record["snapshot"], record["checkpoint_uri"], record["metrics"])
+
+
+def _register_training(registry: Registry, spec, run_id: str, snapshot: str, ckpt_uri: str, metrics: dict) -> str:
+    import tempfile
+
+    from vap import expert_model, storage
+    from vap.spec import dump_spec
+    from vap.training.plots import plot_loss
+    from vap.training.zero import deepspeed_config
+
+    job_yaml = dump_spec(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "job.yaml").write_text(job_yaml)
+        (tmp / "deepspeed_config.json").write_text(json.dumps(deepspeed_config(spec, spec.trainer.workers), indent=2))
+        plot_loss({k: registry.metric_history(run_id, k) for k in ("loss", "eval_loss")}, tmp / "loss.png")
+        registry.log_artifacts(run_id, tmp)
+        report = storage.join(snapshot, "report")
+        if storage.exists(report):
+            registry.log_artifacts(run_id, storage.materialize(report, tmp / "report"), "dataset")
+        expert_uri = storage.join(ckpt_uri, "expert")
+        files = expert_model.file_hashes(storage.materialize(expert_uri, tmp / "expert"))
+    registry.log_metrics(run_id, 0, **{f"final_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
+    run_tags = registry.client.get_run(run_id).data.tags
+    lineage = {
+        "run_id": run_id, "job": spec.name, "checkpoint_uri": ckpt_uri, "expert_uri": expert_uri,
+        "data_snapshot": snapshot, "data_snapshot_id": snapshot.rstrip("/").rsplit("/", 1)[-1],
+        "data_shards": json.loads(storage.read_bytes(storage.join(snapshot, "index.json")))["shards"],
+        # the code that trained it (the run's tag), not the code registering it later
+        "code_version": run_tags.get("vap.code_version") or code_version(),
+        "backbone": spec.model.backbone, "backbone_revision": expert_model.backbone_revision(spec.model.backbone),
+        "family": spec.model.family,
+    }
+    ref = {"expert_uri": expert_uri, "files": files, "backbone": spec.model.backbone,
+           "backbone_revision": lineage["backbone_revision"], "family": spec.model.family,
+           "defaults": expert_model.generation_defaults(spec.model.family)}
+    card = expert_model.model_card(lineage, metrics, job_yaml)
+    source = registry.log_expert_model(run_id, ref, card, job_yaml)
+    tags = {**{k: v for k, v in lineage.items() if k != "data_shards"},
+            "data_shards": _tag_value(json.dumps(lineage["data_shards"], sort_keys=True), "the model card"),
+            "job_spec": _tag_value(job_yaml, "job.yaml of the run and the model"),
+            "expert_files": json.dumps(files, sort_keys=True),
+            **{f"metric.{k}": v for k, v in metrics.items()}}
+    version = registry.register(run_id, source, tags,
+                                description=f"VAP expert for {spec.model.backbone}, job {spec.name}")
+    registry.log_text(run_id, card, "model_card.md")
+    registry.set_tags(run_id, **{"vap.version": version, "vap.checkpoint_uri": ckpt_uri})
+    registry.finish_run(run_id)
+    return version
+
+
+def _tag_value(text: str, where: str, limit: int = 100_000) -> str:
+    """`text` when it fits a model version tag (MLflow's limit), else its digest and where it is whole."""
+    import hashlib
+
+    if len(text) <= limit:
+        return text
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()} (in full in {where})"
 
 
 def registry_from(config: str | Path | None, tracking_uri: str | None, model_name: str | None) -> Registry:

@@ -71,3 +71,19 @@ def audit(
     if problems:
         raise typer.Exit(1)
     typer.secho("aliases match the ledger", fg="green", err=True)
+
+
+def register(
+    run: str = typer.Option(..., "--run", help="MLflow run id of the `vap train` job to register."),
+    config: Path = typer.Option(..., "--config", "-c", help="The job spec the run was trained with."),
+    tracking_uri: str = TRACKING,
+) -> None:
+    """Register a finished training run as a new version (@challenger) when its registration at
+    the end of `vap train` failed (tracking server unreachable): the same lineage and MLflow model,
+    from what training left beside its checkpoints. A run registered already prints its version."""
+    from vap.registry import register_run
+    from vap.spec import load_spec
+
+    registry = _registry(config, tracking_uri, None)
+    version = register_run(registry, load_spec(config), run)
+    typer.echo(f"registered {registry.model_name} version {version} (@challenger) from run {run}")

@@ -44,7 +44,7 @@ def test_run_demo_small(ray_cluster, tmp_path, monkeypatch):
     assert any((d / "COMMITTED").is_file() for d in runs.glob("step-*")), sorted(runs.iterdir())
     client = MlflowClient(spec["registry"]["tracking_uri"], registry_uri=spec["registry"]["tracking_uri"])
     champion = client.get_model_version_by_alias(spec["registry"]["model_name"], "champion")
-    assert champion.source.rstrip("/").endswith("/expert")
+    assert champion.tags["expert_uri"].rstrip("/").endswith("/expert") and champion.source.startswith("models:/m-")
     assert list(tmp_path.rglob("sample.mp4")), "the demo wrote no sample video"
     report = json.loads((root / "store" / "eval" / "eval-val.json").read_text())
     assert report, "the demo's eval wrote an empty report"

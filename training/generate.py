@@ -1,7 +1,8 @@
 """`vap generate`: an mp4 from a registered model version or a checkpoint URI.
 
-The expert comes from `models:/<name>@<alias>` (or `models:/<name>/<version>`; the version's
-source is the expert folder, as `vap train` registers it) or from a path / file:// / s3:// URI
+The expert comes from `models:/<name>@<alias>` (or `models:/<name>/<version>`; `vap.registry`
+says where the version's expert is: the checkpoint's `expert/`, checked against its registered
+sha256, with the backbone at its registered revision) or from a path / file:// / s3:// URI
 of a folder written by `save_expert` (or a checkpoint holding one under `expert/`). The
 backbone is the one the expert records, the version's `backbone` tag, or `backbone=`.
 """
@@ -48,18 +49,17 @@ def resolve_expert(model: str, tracking_uri: str | None = None, cache_dir: str |
     if not tracking_uri:
         raise RegistryError(f"{model}: no MLflow tracking URI; pass --tracking-uri or set MLFLOW_TRACKING_URI")
     storage.sync_endpoint_env()
-    version = Registry(tracking_uri, name).resolve(model)
-    source = version.source
-    if source.startswith(("s3://", "file://", "/")):
-        local = storage.materialize(source, cache_dir)
-    else:  # runs:/, mlflow-artifacts:/ …: let MLflow fetch it
-        import mlflow
+    version, ref = Registry(tracking_uri, name).expert_ref(model)
+    where = f"{model} (version {version}, {ref['expert_uri']})"
+    if ref["files"]:  # a version registered as an MLflow model: its weights and backbone, checked
+        from vap.expert_model import fetch_expert, local_backbone
 
-        mlflow.set_tracking_uri(tracking_uri)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-    log.info("%s → version %s (%s)", model, version.version, source)
-    return Expert(_expert_folder(Path(local), f"{model} (version {version.version}, {source})"),
-                  version.tags.get("backbone"), source)
+        local = fetch_expert(ref, cache_dir)
+        backbone = local_backbone(ref["backbone"], ref["backbone_revision"]) if ref.get("backbone_revision") else ref["backbone"]
+    else:
+        local, backbone = storage.materialize(ref["expert_uri"], cache_dir), ref["backbone"]
+    log.info("%s → %s", model, where)
+    return Expert(_expert_folder(Path(local), where), backbone, ref["expert_uri"])
 
 
 def read_image(uri: str):

@@ -30,8 +30,7 @@ from pathlib import Path
 from vap import errors, storage
 from vap.errors import TrainingError, VapError
 from vap.registry import GuardedMetrics, Registry, code_version
-from vap.spec import JobSpec, dump_spec
-from vap.training.zero import deepspeed_config
+from vap.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -207,26 +206,10 @@ def _fit_with_ray(spec: JobSpec, registry: Registry, snapshot: str, storage_fs, 
 
 
 def _register(registry: Registry, spec: JobSpec, run_id: str, snapshot: str, ckpt_uri: str, metrics: dict) -> str:
-    from vap.training.plots import plot_loss
+    """The run → a model version @challenger, the same way `vap register --run` does it later."""
+    from vap.registry import register_training
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "job.yaml").write_text(dump_spec(spec))
-        (tmp / "deepspeed_config.json").write_text(json.dumps(deepspeed_config(spec, spec.trainer.workers), indent=2))
-        plot_loss({k: registry.metric_history(run_id, k) for k in ("loss", "eval_loss")}, tmp / "loss.png")
-        registry.log_artifacts(run_id, tmp)
-        report = storage.join(snapshot, "report")
-        if storage.exists(report):
-            registry.log_artifacts(run_id, storage.materialize(report, tmp / "report"), "dataset")
-    registry.log_metrics(run_id, 0, **{f"final_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
-    tags = {"run_id": run_id, "checkpoint_uri": ckpt_uri, "data_snapshot": snapshot,
-            "backbone": spec.model.backbone, "family": spec.model.family, "code_version": code_version(),
-            "job": spec.name, **{f"metric.{k}": v for k, v in metrics.items()}}
-    version = registry.register(run_id, storage.join(ckpt_uri, "expert"), tags,
-                                description=f"VAP expert for {spec.model.backbone}, job {spec.name}")
-    registry.set_tags(run_id, **{"vap.version": version, "vap.checkpoint_uri": ckpt_uri})
-    registry.finish_run(run_id)
-    return version
+    return register_training(registry, spec, run_id, snapshot, ckpt_uri, metrics)
 
 
 def _result_of(run, spec: JobSpec) -> TrainResult:

@@ -22,29 +22,56 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-if REPO.name == "mutants":  # `make mutate`: mutmut's copy of the tree. The editable install maps
-    # vap.training.* to the work tree and mutmut names mutants by file path (training.rope…), so
-    # every import of vap.training.<x> (also one inside another module of the copy, whatever the
-    # order) gets the copy's training.<x>: the mutants are what the tests exercise.
-    import importlib
-    import importlib.abc
+if REPO.name == "mutants":  # `make mutate`: mutmut's copy of the tree (docs/TESTING.md).
+    # The editable install maps every vap.* package to the work tree, but mutmut copies only the
+    # mutated files and names their mutants by file path (training.rope.x_…, platform.gate.x_…).
+    # So every import of a vap module whose file the copy holds (also one inside another module,
+    # whatever the order) loads the copy's file, under the path-derived name mutmut's
+    # trampolines compare against: the mutants are what the tests exercise. The package → folder
+    # mapping is setuptools' package-dir in pyproject.toml (vap → platform/, vap.training →
+    # training/, ...); `import platform` / `import datasets` stay the stdlib's and HF's.
+    import importlib.machinery
     import importlib.util
+    import tomllib
 
-    class _CopyFirst(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path=None, target=None):
-            parts = name.split(".")[1:]  # mutmut copies only the mutated files: alias those
-            if name.startswith("vap.training.") and (REPO.joinpath(*parts).with_suffix(".py").is_file()
-                                                     or (REPO.joinpath(*parts) / "__init__.py").is_file()):
-                return importlib.util.spec_from_loader(name, self)
-            return None
+    _PACKAGE_DIRS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                           ["package-dir"].items(), key=lambda item: -len(item[0]))  # longest first
 
-        def create_module(self, spec):
-            return importlib.import_module(spec.name.removeprefix("vap."))
+    def _copied_file(name: str) -> Path | None:
+        for package, folder in _PACKAGE_DIRS:
+            if name == package or name.startswith(package + "."):
+                stem = Path(folder, *name[len(package):].split(".")[1:])
+                for rel in (stem.with_suffix(".py"), stem / "__init__.py"):
+                    if (REPO / rel).is_file():
+                        return rel
+                return None
+        return None
+
+    class _CopyLoader(importlib.machinery.SourceFileLoader):
+        def __init__(self, name: str, rel: Path):
+            super().__init__(name, str(REPO / rel))
+            self.mutmut_name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
 
         def exec_module(self, module):
-            pass  # already executed under its own name
+            # functions take __module__ from the globals' __name__ when defined: give them
+            # mutmut's name; relative imports keep resolving through __package__ (vap.…)
+            module.__name__ = self.mutmut_name
+            sys.modules.setdefault(self.mutmut_name, module)  # for lookups by __module__
+            exec(self.get_code(self.name), module.__dict__)
 
-    sys.path.insert(0, str(REPO))
+    class _CopyFirst:
+        def find_spec(self, name, path=None, target=None):
+            rel = _copied_file(name)
+            if rel is None:
+                return None
+            search = None
+            if rel.name == "__init__.py":  # a package: its other submodules stay where they were
+                original = next(filter(None, (f.find_spec(name, path, target) for f in sys.meta_path
+                                              if f is not self and hasattr(f, "find_spec"))), None)
+                search = list(original.submodule_search_locations) if original else []
+            return importlib.util.spec_from_file_location(name, REPO / rel, loader=_CopyLoader(name, rel),
+                                                          submodule_search_locations=search)
+
     sys.meta_path.insert(0, _CopyFirst())
 
 

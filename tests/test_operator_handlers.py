@@ -156,7 +156,8 @@ async def settle(seconds=1.0):
 
 def create_schedule(server, name="nightly", **spec):
     body = {"apiVersion": r.API_VERSION, "kind": r.KIND, "metadata": {"name": name, "namespace": NS},
-            "spec": {"schedule": "0 3 * * *", "timeZone": "UTC", "jobSpec": JOB_SPEC, **spec}}
+            "spec": {k: v for k, v in {"schedule": "0 3 * * *", "timeZone": "UTC", "jobSpec": JOB_SPEC, **spec}.items()
+                     if v is not None}}  # None: leave the field out
     server.objects[kmock.resource(SCHEDULES), NS, name] = {
         **body, "metadata": {**body["metadata"], "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1",
                              "creationTimestamp": server.now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
@@ -235,6 +236,7 @@ async def test_concurrency_policy_with_a_run_still_training(api, operator, polic
     assert names == {"Allow": [first, second], "Forbid": [first], "Replace": [second]}[policy]
     scheduled = condition(api, "Scheduled")
     assert scheduled["reason"] == {"Allow": "Fired", "Forbid": "ForbiddenConcurrent", "Replace": "Replaced"}[policy]
+    await until(lambda: scheduled["reason"] in event_reasons(api))  # each decision is an Event too
     if policy == "Forbid":
         assert first in scheduled["message"] and scheduled["status"] == "False"
     if policy == "Replace":
@@ -375,3 +377,18 @@ async def test_a_time_zone_schedule_fires_at_wall_clock_time_across_dst(api, ope
     api.now = datetime(2027, 3, 28, 1, 30, 5, tzinfo=UTC)  # 03:30 CEST, the first day of summer time
     await fired(api, "nightly-202703280130")
     assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-202703280130"]
+
+
+async def test_ticks_past_the_starting_deadline_are_reported_and_never_run(api, operator):
+    create_schedule(api, schedule="0 * * * *", catchUp="All", maxCatchUpRuns=5, startingDeadlineSeconds=600,
+                    concurrencyPolicy="Allow")
+    await settle()
+    api.now = T0 + timedelta(hours=3, minutes=31)  # 06:30: 03:00, 04:00, 05:00 and 06:00 are all > 10 min late
+    await until(lambda: condition(api, "Scheduled").get("reason") == "MissedDeadline")
+    await settle()
+    scheduled = condition(api, "Scheduled")
+    assert scheduled["status"] == "False" and "4 tick(s) missed by more than startingDeadlineSeconds (600 s)" in scheduled["message"]
+    assert objects(api, RAYJOBS) == [] and "MissedDeadline" in event_reasons(api)
+    api.now = T0 + timedelta(hours=4, minutes=1, seconds=10)  # 07:00:10: on time again
+    await fired(api, "nightly-202701010700")
+    assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-202701010700"]

@@ -228,7 +228,8 @@ def test_fetch_refuses_a_damaged_file_naming_it(tmp_path, damage):
     if damage == "gone":
         victim.unlink()
     else:
-        victim.write_bytes(b"X" if damage == "same size" else b"")
+        original = victim.read_bytes()  # same size: only the checksum can tell (every byte flipped)
+        victim.write_bytes(bytes(b ^ 0xFF for b in original) if damage == "same size" else original[:-1])
     with pytest.raises(StorageError, match=rf"^{uri}: vap/rank1/nested\.bin does not match the checkpoint's manifest; "
                                            "the checkpoint is damaged — remove it to resume from the one before$"):
         ckpt.fetch(uri, tmp_path / f"restored-{damage}")

@@ -75,15 +75,7 @@ def local_backbone(backbone: str, revision: str) -> str:
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: _sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return {p.name: storage.sha256_file(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
 
 
 def fetch_expert(ref: dict, cache_dir: str | Path | None = None) -> Path:

@@ -366,7 +366,6 @@ class Registry:
 
     def history(self) -> list[dict]:
         """Every decision on this model, oldest first (the ledger artifacts)."""
-
         run = self._ledger_run(create=False)
         if run is None:
             return []
@@ -404,7 +403,6 @@ class Registry:
 
     def _append(self, moved: Promotion, challenger: dict, champion: dict, policy: dict) -> None:
         """Add one ledger entry: a new artifact (never overwritten) and a tag on the challenger version."""
-
         run = self._ledger_run(create=True)
         seq = len([f for f in self.client.list_artifacts(run, "ledger") if not f.is_dir]) + 1
         entry = {"seq": seq, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": _who(),

@@ -9,6 +9,7 @@ chain and never appear in messages.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -55,6 +56,15 @@ def parse_uri(uri: str) -> Location:
             raise StorageError(f"{uri}: an s3 URI names a bucket: s3://bucket/prefix")
         return Location("s3", parsed.netloc, parsed.path.lstrip("/").rstrip("/"))
     raise StorageError(f"{uri}: unsupported scheme '{parsed.scheme}://'; use a path, file:// or s3://")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a local file, read in 1 MiB blocks (checkpoint manifests, registered experts)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def is_storage_location(value: str) -> bool:

@@ -96,7 +96,7 @@ def test_losses_without_reference_are_the_backbones(tiny):
     assert losses["true"] != pytest.approx(losses["none"])  # a fresh expert does read the reference
 
 
-def test_drift_is_zero_for_a_clone_and_one_for_twice_the_weights(tiny):
+def test_drift_is_zero_for_a_clone_and_two_for_three_times_the_weights(tiny):
     from vap.training.model import VAPTransformer
 
     model, _ = tiny

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,7 +155,7 @@ def test_a_changed_backbone_or_expert_is_refused_on_load(trained, tmp_path):
     (backbone / "scheduler" / "scheduler_config.json").write_text("{}")
     with pytest.raises(ModelError, match="changed since this version was registered"):
         expert_model.local_backbone(str(backbone), revision)
-    files = expert_model.file_hashes(__import__("pathlib").Path(ckpt) / "expert")
+    files = expert_model.file_hashes(Path(ckpt) / "expert")
     with pytest.raises(ModelError, match="not the file registered with this version"):
         expert_model.fetch_expert({"expert_uri": f"{ckpt}/expert", "files": {**files, "config.json": "0" * 64}})
 

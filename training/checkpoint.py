@@ -18,7 +18,6 @@ through DeepSpeed's universal checkpoint (`restore`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -65,14 +64,6 @@ def retrying(what: str, fn: Callable[[], T], attempts: int = 5, base_delay: floa
     raise AssertionError("unreachable")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save(engine, model, folder: Path, *, step: int, loader_state: dict, meta: dict) -> None:
     """Collective: every rank calls it with its own empty `folder`; each rank's manifest lists
     the files it wrote there."""
@@ -93,7 +84,7 @@ def save(engine, model, folder: Path, *, step: int, loader_state: dict, meta: di
 
 def write_manifest(folder: Path, *, step: int, rank: int, world: int) -> Path:
     """manifest/rank-<rank>.json: size and sha256 of every file this rank wrote into `folder`."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": storage.sha256_file(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.parent.name != MANIFEST_DIR}
     path = folder / MANIFEST_DIR / f"rank-{rank}.json"
     path.parent.mkdir(exist_ok=True)
@@ -166,7 +157,7 @@ def fetch(uri: str, local: Path) -> Path:
     for manifest in sorted((local / MANIFEST_DIR).glob("rank-*.json")):
         for name, want in json.loads(manifest.read_text())["files"].items():
             p = local / name
-            if not p.is_file() or p.stat().st_size != want["size"] or _sha256(p) != want["sha256"]:
+            if not p.is_file() or p.stat().st_size != want["size"] or storage.sha256_file(p) != want["sha256"]:
                 raise StorageError(f"{uri}: {name} does not match the checkpoint's manifest; "
                                    "the checkpoint is damaged — remove it to resume from the one before")
     return local

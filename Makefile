@@ -51,10 +51,12 @@ test: setup ## all tests (slow end-to-end ones included)
 test-fast: setup ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow"
 
+# MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only
 MUTATE_DIR ?= /tmp/vap-mutate
-mutate: setup ## mutation testing ([tool.mutmut] in pyproject.toml) on a copy of HEAD; not in CI (docs/TESTING.md)
-	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR) && git archive HEAD | tar -x -C $(MUTATE_DIR)
-	cd $(MUTATE_DIR) && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children 2; $(CURDIR)/$(BIN)/mutmut results
+CHILDREN   ?= 2
+mutate: setup ## mutation testing on a copy of HEAD: [MODULES="training/rope.py"] [TESTS="tests/test_model_rope.py"] [MUTATE_DIR=/tmp/vap-mutate] [CHILDREN=2]; default [tool.mutmut] in pyproject.toml; not in CI (docs/TESTING.md)
+	$(BIN)/python tools/mutate_copy.py "$(MUTATE_DIR)" --modules "$(MODULES)" --tests "$(TESTS)"
+	cd "$(MUTATE_DIR)" && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(CHILDREN); $(CURDIR)/$(BIN)/mutmut results
 
 bench: setup ## every benchmark side by side in one run → benchmarks/results/summary.{json,md,png} and the README table (QUICK=1: smaller sizes)
 	$(BIN)/python benchmarks/run_all.py $(if $(filter 1 true yes,$(QUICK)),--quick)

@@ -392,3 +392,55 @@ async def test_ticks_past_the_starting_deadline_are_reported_and_never_run(api, 
     api.now = T0 + timedelta(hours=4, minutes=1, seconds=10)  # 07:00:10: on time again
     await fired(api, "nightly-202701010700")
     assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-202701010700"]
+
+
+def put_job_spec_configmap(server, steps, key="job.yaml", name="retrain-spec"):
+    """A user's `kubectl create configmap retrain-spec --from-file=job.yaml`."""
+    server.objects[kmock.resource(CONFIGMAPS), NS, name] = {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}"},
+        "data": {key: yaml.safe_dump({**JOB_SPEC, "trainer": {**JOB_SPEC["trainer"], "steps": steps}})}}
+
+
+def trained_steps(server, run) -> int:
+    """The steps of the job spec a run's RayJob mounts (its ConfigMap's job.yaml)."""
+    rayjob = server.objects[kmock.resource(RAYJOBS), NS, run].raw
+    volumes = rayjob["spec"]["submitterPodTemplate"]["spec"]["volumes"]
+    [mounted] = [v["configMap"]["name"] for v in volumes if "configMap" in v]
+    cm = server.objects[kmock.resource(CONFIGMAPS), NS, mounted].raw
+    return yaml.safe_load(cm["data"]["job.yaml"])["trainer"]["steps"]
+
+
+async def test_a_job_spec_from_a_configmap_is_read_at_each_run(api, operator):
+    put_job_spec_configmap(api, steps=2000)
+    create_schedule(api, schedule="0 * * * *", concurrencyPolicy="Allow", jobSpec=None,
+                    jobSpecFrom={"configMapKeyRef": {"name": "retrain-spec", "key": "job.yaml"}})
+    api.now = T0 + timedelta(minutes=1, seconds=10)  # 03:00:10
+    await fired(api)
+    assert condition(api, "Valid")["status"] == "True"
+    assert trained_steps(api, "nightly-202701010300") == 2000
+    put_job_spec_configmap(api, steps=3000)  # the user edits the ConfigMap: the next run trains on it
+    api.now += timedelta(hours=1)
+    await fired(api, "nightly-202701010400")
+    assert trained_steps(api, "nightly-202701010400") == 3000
+    assert trained_steps(api, "nightly-202701010300") == 2000, "a run keeps the spec it started with"
+
+
+@pytest.mark.parametrize("present,needle", [(False, "ConfigMap vap/retrain-spec does not exist: create it or fix the name"),
+                                            (True, "ConfigMap vap/retrain-spec has no key 'job.yaml' (keys: spec.yaml)")],
+                         ids=["no-configmap", "no-key"])
+async def test_a_missing_job_spec_configmap_is_reported_and_creates_nothing(api, operator, present, needle):
+    if present:
+        put_job_spec_configmap(api, steps=2000, key="spec.yaml")
+    create_schedule(api, jobSpec=None, jobSpecFrom={"configMapKeyRef": {"name": "retrain-spec", "key": "job.yaml"}})
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await until(lambda: condition(api, "Valid"))
+    await settle()
+    valid = condition(api, "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec" and needle in valid["message"]
+    assert objects(api, RAYJOBS) == [] and [c["metadata"]["name"] for c in objects(api, CONFIGMAPS)] == (
+        ["retrain-spec"] if present else [])
+    assert any(e["reason"] == "InvalidSpec" and needle in e["message"] for e in objects(api, EVENTS))
+    put_job_spec_configmap(api, steps=2000)  # the fix: the operator was running all along and picks it up
+    await until(lambda: condition(api, "Valid").get("status") == "True")
+    await fired(api)
+    assert trained_steps(api, "nightly-202701010300") == 2000

@@ -70,15 +70,18 @@ def run_objects(schedule: dict, job_spec: dict, name: str, trigger: str, tick: d
 
 
 def gate_job(rayjob: dict, policy: str) -> dict:
-    """The batch Job that evaluates a succeeded run and registers or promotes it: the RayJob's
-    submitter pod (image, ServiceAccount, env, job spec mount) running `vap retrain --gate-only`.
+    """The batch Job that evaluates a succeeded run and registers or promotes it, running
+    `vap retrain --gate-only` in the run's head pod template: the one that mounts the job spec at
+    /etc/vap and carries the storage and MLflow credentials (the submitter's carries neither).
     Exit code GATE_REFUSED_EXIT fails the Job at once (podFailurePolicy) and says "refused"."""
-    pod = copy.deepcopy(rayjob["spec"]["submitterPodTemplate"])
-    container = pod["spec"]["containers"][0]
+    pod = copy.deepcopy(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])
+    pod["metadata"].setdefault("labels", {})["vap-platform/role"] = "gate"
+    [container] = pod["spec"]["containers"]
     container["name"] = "gate"
     container["command"] = ["vap", "retrain", "--config", "/etc/vap/job.yaml", "--gate-only",
                             "--policy", POLICIES[policy]]
-    container.pop("args", None)
+    for ray_only in ("args", "ports", "lifecycle"):  # Ray's head: its ports, KubeRay's start command
+        container.pop(ray_only, None)
     pod["spec"]["restartPolicy"] = "Never"
     name = gate_job_name(rayjob["metadata"]["name"])
     labels = {k: v for k, v in rayjob["metadata"].get("labels", {}).items()

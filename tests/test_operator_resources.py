@@ -11,7 +11,8 @@ from vap.operators import resources as r
 
 TICK = datetime(2027, 1, 1, 3, tzinfo=UTC)
 SCHEDULE = {"apiVersion": r.API_VERSION, "kind": r.KIND,
-            "metadata": {"name": "nightly", "namespace": "vap", "uid": "uid-schedule"}, "spec": {}}
+            "metadata": {"name": "nightly", "namespace": "vap", "uid": "uid-schedule"},
+            "spec": {"values": {"mlflow": {"credentialsSecret": {"name": "mlflow-basic-auth"}}}}}
 
 
 def test_names_are_deterministic_and_fit_kubernetes():
@@ -38,6 +39,17 @@ def test_run_objects_are_the_train_charts_with_owner_and_tick():
     gate = r.gate_job(rayjob, "PromoteIfGatePasses")
     kube.validate([gate])  # strict: unknown fields are errors
     assert gate["metadata"]["ownerReferences"][0]["uid"] == "uid-rayjob"
-    command = gate["spec"]["template"]["spec"]["containers"][0]["command"]
+    [container] = gate["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
     assert command[-3:] == ["--gate-only", "--policy", "promote"]
+    # what `vap retrain --gate-only` needs in its pod: the run's job spec where --config points,
+    # and the credentials of the storage (the registry's lock) and of MLflow
+    config = command[command.index("--config") + 1]
+    [mount] = [m for m in container["volumeMounts"] if config.startswith(m["mountPath"] + "/")]
+    [volume] = [v for v in gate["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == spec_cm["metadata"]["name"] and config.endswith("/job.yaml")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "vap-s3"
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-basic-auth"
+    assert "ports" not in container and gate["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert r.gate_job(rayjob, "RegisterOnly")["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "register"

@@ -105,6 +105,8 @@ class Cluster:
 
     def job_spec(self, namespace: str, spec: dict) -> dict:
         """spec.jobSpec, or the YAML under spec.jobSpecFrom.configMapKeyRef {name, key}."""
+        if "jobSpec" in spec and "jobSpecFrom" in spec:  # the CRD's CEL rule refuses it; an API server without it may not
+            raise KubeError("spec has both jobSpec and jobSpecFrom: keep one (inline, or by ConfigMap)")
         if "jobSpec" in spec:
             return spec["jobSpec"]
         ref = (spec.get("jobSpecFrom") or {}).get("configMapKeyRef") or {}

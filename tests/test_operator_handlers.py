@@ -333,8 +333,10 @@ async def test_other_schedules_runs_are_not_adopted(api, operator):
 
 @pytest.mark.parametrize("spec,needle", [({"schedule": "every day"}, "not a 5-field cron"),
                                          ({"concurrencyPolicy": "Sometimes"}, "concurrencyPolicy 'Sometimes' is unknown"),
-                                         ({"jobSpec": {**JOB_SPEC, "storage": {"uri": "/tmp/runs"}}}, "storage.uri")],
-                         ids=["cron", "policy", "job-spec"])
+                                         ({"jobSpec": {**JOB_SPEC, "storage": {"uri": "/tmp/runs"}}}, "storage.uri"),
+                                         ({"jobSpecFrom": {"configMapKeyRef": {"name": "retrain-spec"}}},
+                                          "both jobSpec and jobSpecFrom: keep one")],
+                         ids=["cron", "policy", "job-spec", "two-job-specs"])
 async def test_a_malformed_schedule_is_reported_and_creates_nothing(api, operator, spec, needle):
     create_schedule(api, **spec)
     api.now = T0 + timedelta(minutes=1, seconds=10)

@@ -1,5 +1,6 @@
 """A fault-injecting HTTP proxy in front of the local S3 server (moto): answers chosen requests
-with a 5xx, a stall past the client's read timeout, or a connection reset, and forwards the rest.
+with a 5xx, a stall past the client's read timeout, or a connection reset, and forwards the rest
+(boto3's requests and pyarrow's, whose AWS C++ SDK sends chunked bodies — Ray Train's own writes).
 
     with S3FaultProxy(moto_url) as proxy:
         proxy.fail("PUT", r"/step-00000002/", "503", times=2)
@@ -42,8 +43,21 @@ class S3FaultProxy:
             def log_message(self, *args):
                 pass
 
+            def _body(self) -> bytes:
+                """The request body; the AWS C++ SDK (pyarrow's S3FileSystem, which Ray Train writes
+                with) sends parts with `Transfer-Encoding: chunked` and no Content-Length."""
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                while self.rfile.readline().strip():  # trailer fields up to the blank line
+                    pass
+                return b"".join(chunks)
+
             def _any(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 fault = proxy._match(self.command, self.path)
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -62,8 +76,11 @@ class S3FaultProxy:
                     self.wfile.write(payload.encode())
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                # the body goes upstream whole: its length replaces any chunked framing
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "transfer-encoding", "content-length", "expect")}
                 headers["Host"] = proxy.upstream.netloc
+                headers["Content-Length"] = str(len(body))
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -71,7 +88,9 @@ class S3FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "content-length", "connection"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD's length is the object's (its size), not the empty body's
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -99,6 +99,21 @@ def test_retrying_gives_up_after_its_attempts_with_the_last_error(sleeps):
     assert err.value is errors[-1] and sleeps == [2.0, 4.0]
 
 
+def test_retrying_once_is_the_call_alone_and_fewer_is_refused(sleeps):
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise StorageError("down")
+
+    with pytest.raises(StorageError, match="^down$"):
+        ckpt.retrying("listing", down, attempts=1)
+    assert calls == [1] and sleeps == []
+    with pytest.raises(ValueError, match=r"^retrying listing: attempts=0; give at least 1 \(the call itself\)$"):
+        ckpt.retrying("listing", down, attempts=0)
+    assert calls == [1]
+
+
 def test_retrying_does_not_retry_other_errors(sleeps):
     calls = []
 
@@ -184,14 +199,15 @@ def test_commit_refuses_a_listed_file_that_is_not_stored(tmp_path):
 
 def test_listing_finds_step_folders_oldest_first_and_which_are_committed(tmp_path):
     root = str(tmp_path / "job")
-    committed(tmp_path, root, 10)
-    committed(tmp_path, root, 2)
+    for step in (10, 2, 6):  # three: with two, the second and the last are the same one
+        committed(tmp_path, root, step)
     for name in ("step-00000030/vap/x.pt", "step-00000020/vap/COMMITTED", "step-7/COMMITTED", "notes/COMMITTED",
                  "xstep-00000040/COMMITTED"):
         (Path(root) / name).parent.mkdir(parents=True, exist_ok=True)
         (Path(root) / name).write_bytes(b"ok\n")
-    assert ckpt.checkpoints(root) == [(2, f"{root}/step-00000002", True), (10, f"{root}/step-00000010", True),
-                                      (20, f"{root}/step-00000020", False), (30, f"{root}/step-00000030", False)]
+    assert ckpt.checkpoints(root) == [(2, f"{root}/step-00000002", True), (6, f"{root}/step-00000006", True),
+                                      (10, f"{root}/step-00000010", True), (20, f"{root}/step-00000020", False),
+                                      (30, f"{root}/step-00000030", False)]
     assert ckpt.latest_committed(root) == (10, f"{root}/step-00000010")
     assert ckpt.latest_committed(str(tmp_path / "empty")) is None
 
@@ -209,6 +225,82 @@ def test_prune_removes_the_uncommitted_and_keeps_the_newest_committed(tmp_path, 
                                     f"removing uncommitted checkpoint {root}/step-00000008"]
     ckpt.prune(root, keep=1)
     assert [s for s, _, _ in ckpt.checkpoints(root)] == [6]
+
+
+# Every storage call a checkpoint makes, failed once: the retry's warning names that operation (what
+# an operator reads in the log when the store is flaky), and the operation still completes.
+def _upload(tmp: Path, root: str, arm) -> None:
+    folder = tmp / "r0"
+    rank_files(folder, 0, 2)
+    ckpt.write_manifest(folder, step=2, rank=0, world=1)
+    arm()
+    ckpt.upload(folder, storage.join(root, ckpt.step_dir(2)))
+
+
+def _commit(tmp: Path, root: str, arm) -> None:
+    uri = storage.join(root, ckpt.step_dir(2))
+    folder = tmp / "r0"
+    rank_files(folder, 0, 2)
+    ckpt.write_manifest(folder, step=2, rank=0, world=1)
+    ckpt.upload(folder, uri)
+    arm()
+    ckpt.commit(uri, 1)
+    assert (Path(uri) / ckpt.COMMITTED).is_file()
+
+
+def _prune(tmp: Path, root: str, arm) -> None:
+    committed(tmp, root, 2)
+    (Path(root) / "step-00000004").mkdir()
+    (Path(root) / "step-00000004" / "half.pt").write_bytes(b"x")
+    arm()
+    ckpt.prune(root, keep=1)
+    assert [s for s, _, _ in ckpt.checkpoints(root)] == [2]
+
+
+def _listing(tmp: Path, root: str, arm) -> None:
+    committed(tmp, root, 2)
+    arm()
+    assert [s for s, _, _ in ckpt.checkpoints(root)] == [2]
+
+
+def _fetch(tmp: Path, root: str, arm) -> None:
+    uri = committed(tmp, root, 2)
+    arm()
+    assert (ckpt.fetch(uri, tmp / "restored") / ckpt.META).is_file()
+
+
+def _world_size(tmp: Path, root: str, arm) -> None:
+    uri = committed(tmp, root, 2)
+    arm()
+    assert ckpt.world_size_of(uri) == 2
+
+
+@pytest.mark.parametrize(("action", "call", "target", "operation"), [
+    (_upload, "write_bytes", "vap/rank0/nested.bin", "upload of nested.bin"),
+    (_upload, "write_bytes", "manifest/rank-0.json", "upload of the manifest"),
+    (_commit, "list_files", "", "listing the checkpoint"),
+    (_commit, "read_bytes", "manifest/rank-0.json", "reading a manifest"),
+    (_commit, "write_bytes", "COMMITTED", "writing the commit marker"),
+    (_listing, "list_files", "", "listing checkpoints"),
+    (_prune, "remove", "step-00000004", "removing {root}/step-00000004"),
+    (_fetch, "download_dir", "", "download of {root}/step-00000002"),
+    (_world_size, "read_bytes", ckpt.META, "reading the checkpoint's metadata"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_a_failed_storage_call_is_retried_under_its_operation_name(tmp_path, monkeypatch, sleeps, caplog,
+                                                                   action, call, target, operation):
+    root = str(tmp_path / "job")
+    real, failed = getattr(storage, call), []
+
+    def once(uri, *args, **kwargs):  # the first call on `target` fails like a 503
+        if not failed and uri.endswith(target):
+            failed.append(uri)
+            raise StorageError("503 Slow Down")
+        return real(uri, *args, **kwargs)
+
+    with caplog.at_level(logging.WARNING):
+        action(tmp_path, root, lambda: monkeypatch.setattr(storage, call, once))
+    assert len(failed) == 1
+    assert said(caplog) == [f"{operation.format(root=root)} failed (503 Slow Down); retrying in 0.5s (1/4)"]
 
 
 def test_fetch_checks_every_file_against_the_manifests(tmp_path):
@@ -379,6 +471,7 @@ def test_restore_at_another_world_size_converts_to_a_universal_checkpoint(tmp_pa
     ((src, dst),) = converted
     # converted from the checkpoint's tag into this rank's own folder, loaded from there, the checkpoint untouched
     assert src == str(tmp_path / "vap") and Path(dst).name == "vap-universal" and Path(dst).parent != tmp_path
+    assert Path(dst).parent.name.startswith("vap-universal-")  # a copy left by a crash says whose it is
     assert engine.loaded == [{"dir": str(Path(dst).parent), "tag": "vap-universal", "strict": False}]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert not Path(dst).parent.exists()  # the private copy is removed after the load

@@ -52,16 +52,16 @@ def step_dir(step: int) -> str:
 def retrying(what: str, fn: Callable[[], T], attempts: int = 5, base_delay: float = 0.5) -> T:
     """`fn()` retried with exponential backoff on StorageError (5xx, timeouts, resets that outlived
     botocore's own retries); the last error is raised as is."""
-    for attempt in range(attempts):
+    if attempts < 1:
+        raise ValueError(f"retrying {what}: attempts={attempts}; give at least 1 (the call itself)")
+    for attempt in range(attempts - 1):
         try:
             return fn()
         except StorageError as err:
-            if attempt == attempts - 1:
-                raise
             delay = base_delay * 2**attempt
             log.warning("%s failed (%s); retrying in %.1fs (%d/%d)", what, err, delay, attempt + 1, attempts - 1)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+    return fn()  # the last attempt: its error reaches the caller
 
 
 def save(engine, model, folder: Path, *, step: int, loader_state: dict, meta: dict) -> None:

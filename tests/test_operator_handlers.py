@@ -46,7 +46,21 @@ class ApiServer(kmock.KubernetesEmulator):
 
     now: datetime = T0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.verbs: set[tuple[str, str, str]] = set()  # (API group, resource[/subresource], RBAC verb) requested
+
+    def _record(self, request):
+        if request.resource is None or request.resource.plural is None:  # discovery (/api, /apis): granted to all
+            return
+        method, named = request.method.value, request.name is not None
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method) or (
+            "watch" if request.params.get("watch") in ("true", "1") else "get" if named else "list")
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        self.verbs.add((request.resource.group or "", resource, verb))
+
     async def _handle(self, request):
+        self._record(request)
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             data = request.data if isinstance(request.data, dict) else {}
             meta = data.setdefault("metadata", {}) if data else {}
@@ -69,6 +83,20 @@ class ApiServer(kmock.KubernetesEmulator):
 URL: list[str] = []
 
 
+def _role_grants() -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of the platform chart's operator Role, as rendered."""
+    from vap import kube
+
+    values = yaml.safe_load((kube.PLATFORM_CHART / "ci" / "operator-values.yaml").read_text())
+    objects = kube.parse_manifests(kube.render(values, "vap-platform", NS, kube.PLATFORM_CHART))
+    [role] = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-operator")]
+    return {(g, res, verb) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
+            for verb in rule["verbs"]}
+
+
+ROLE_GRANTS = _role_grants()
+
+
 @kopf.on.login()
 def _login(**_):
     return kopf.ConnectionInfo(server=URL[-1])
@@ -88,6 +116,9 @@ async def api():
     async with server, kmock.Server(server) as srv:
         URL.append(str(srv.url))
         yield server
+    # every request the operator made is one the chart's Role grants (a missing verb is a 403 on a cluster)
+    denied = sorted(v for v in server.verbs if v not in ROLE_GRANTS)
+    assert not denied, f"requests the operator Role does not grant (charts/vap-platform/templates/operator/rbac.yaml): {denied}"
 
 
 class Operator:
@@ -406,7 +437,7 @@ def put_job_spec_configmap(server, steps, key="job.yaml", name="retrain-spec"):
 def trained_steps(server, run) -> int:
     """The steps of the job spec a run's RayJob mounts (its ConfigMap's job.yaml)."""
     rayjob = server.objects[kmock.resource(RAYJOBS), NS, run].raw
-    volumes = rayjob["spec"]["submitterPodTemplate"]["spec"]["volumes"]
+    volumes = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"]  # the driver's pod
     [mounted] = [v["configMap"]["name"] for v in volumes if "configMap" in v]
     cm = server.objects[kmock.resource(CONFIGMAPS), NS, mounted].raw
     return yaml.safe_load(cm["data"]["job.yaml"])["trainer"]["steps"]

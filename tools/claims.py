@@ -2,7 +2,9 @@
 
     .venv/bin/python tools/claims.py [--config tools/claims.yaml] [--steps 1500] [--pairs N]
 
-1. synthetic VAP-Data and its snapshot (`vap data build`; reused when unchanged);
+1. synthetic VAP-Data and its snapshot (`vap data build`; reused when unchanged), its training
+   captions cut before the condition's phrase (`--captions scene`, the default), so a target's
+   condition is only in its reference video;
 2. two experts trained in this process (`vap.evaluation.fit`): Δ = −T (the paper's biased RoPE)
    and Δ = 0, each cached under `.vap-claims/experts/<key>` — the key hashes the snapshot id,
    the recipe and the training code, so a rerun reuses them;
@@ -38,7 +40,31 @@ EXPERTS = {"delta_minus_T": None, "delta_0": 0}  # name → model.expert.rope_de
 log = logging.getLogger("claims")
 
 
-def build_data(spec):
+def scene_manifest(source: str) -> str:
+    """A copy of the synthetic manifest beside it whose captions stop before the condition's
+    phrase ("a red circle on a blue background"), so a target's condition is only in its reference."""
+    import csv
+    import io
+
+    from vap.training.families.cogvideox.toy import scene_caption
+
+    folder = Path(source)
+    rows = list(csv.DictReader(io.StringIO((folder / "metadata.csv").read_text())))
+    for row in rows:
+        row["tar_video_caption"] = scene_caption(row["tar_video_caption"])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out = folder / "metadata-scene.csv"
+    if not out.exists() or out.read_text() != text.getvalue():  # unchanged: the snapshot is reused
+        out.write_text(text.getvalue())
+    return str(out)
+
+
+def build_data(spec, captions: str = "scene"):
+    """(snapshot, the spec it was built with): synthetic clips of all conditions, with captions
+    that name the condition (`full`, VAP-Data's) or stop before it (`scene`)."""
     from vap.datasets.build import build_snapshot
     from vap.datasets.synth import synthesize
 
@@ -46,7 +72,9 @@ def build_data(spec):
     synthesize(d.source, frames=2 * d.frames, fps=d.fps, size=d.width, seed=d.seed,
                conditions_per_category=CONDITIONS_PER_CATEGORY, clips_per_condition=CLIPS_PER_CONDITION,
                progress=False)
-    return build_snapshot(spec)
+    if captions == "scene":
+        spec = spec.model_copy(update={"data": d.model_copy(update={"source": scene_manifest(d.source)})})
+    return build_snapshot(spec), spec
 
 
 def expert_key(snapshot_id: str, recipe: dict) -> str:
@@ -158,7 +186,7 @@ def write_markdown(results: dict, chance: float, when: str) -> str:
     t = results["training"]["delta_minus_T"]
     lines = [
         f"Measured {when} by `make claims` (`tools/claims.py`, config `tools/claims.yaml`, snapshot "
-        f"{results['snapshot']}) on 2 shared CPUs; experts: {t['recipe']['steps']} steps of batch "
+        f"{results['snapshot']}, {results.get('captions', 'full')} captions) on 2 shared CPUs; experts: {t['recipe']['steps']} steps of batch "
         f"{t['recipe']['batch_size']}, lr {t['recipe']['lr']}, expert on all blocks "
         f"({t['seconds']:.0f} s to train each); `vap eval` with 25 steps, guidance 1. Chance = 1/24 = "
         f"{100 * chance:.1f} %.",
@@ -216,6 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "tools" / "claims.yaml"))
     ap.add_argument("--steps", type=int, help="training steps per expert (default: the config's trainer.steps)")
     ap.add_argument("--pairs", type=int, help="evaluated pairs per split (default: all)")
+    ap.add_argument("--captions", choices=("scene", "full"), default="scene",
+                    help="training captions: scene (cut before the condition's phrase, so only the reference "
+                         "carries it) or full (VAP-Data's, naming the condition)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/CLAIMS.md and the figures")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -223,11 +254,11 @@ def main(argv=None) -> int:
 
     spec = load_spec(args.config)
     steps = args.steps or spec.trainer.steps
-    snapshot = build_data(spec)
+    snapshot, spec = build_data(spec, args.captions)
     out = Path(spec.storage.uri).parent.parent
     cache = out / "cache"
     train, val = (load_split(snapshot.uri, s, cache) for s in ("train", "val"))
-    results: dict = {"snapshot": snapshot.id, "training": {}, "probe": {}, "eval": {}}
+    results: dict = {"snapshot": snapshot.id, "captions": args.captions, "training": {}, "probe": {}, "eval": {}}
     folders = {}
     for name, delta in EXPERTS.items():
         folders[name], results["training"][name] = train_or_reuse(spec, snapshot, train, name, delta, steps)

@@ -53,6 +53,8 @@ class ApiServer(kmock.KubernetesEmulator):
     def _record(self, request):
         if request.resource is None or request.resource.plural is None:  # discovery (/api, /apis): granted to all
             return
+        if request.headers.get("User-Agent") == USER_AGENT:  # the test acting as a user, not the operator
+            return
         method, named = request.method.value, request.name is not None
         verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method) or (
             "watch" if request.params.get("watch") in ("true", "1") else "get" if named else "list")
@@ -81,6 +83,14 @@ class ApiServer(kmock.KubernetesEmulator):
 
 
 URL: list[str] = []
+USER_AGENT = "kubectl (a user in the test)"
+
+
+def user_api() -> kubernetes.client.CustomObjectsApi:
+    """What a user's kubectl does to schedules (not checked against the operator's Role)."""
+    client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1]))
+    client.user_agent = USER_AGENT
+    return kubernetes.client.CustomObjectsApi(client)
 
 
 def _role_grants() -> set[tuple[str, str, str]]:
@@ -133,7 +143,7 @@ class Operator:
 
     async def start(self):
         client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1]))
-        memo = kopf.Memo(cluster=Cluster(client), clock=self.clock, source_digest=lambda spec: self.digest)
+        memo = self.memo = kopf.Memo(cluster=Cluster(client), clock=self.clock, source_digest=lambda spec: self.digest)
         self.stop_flag = threading.Event()
         run = kopf.operator(standalone=True, namespaces=[NS], stop_flag=self.stop_flag, memo=memo,
                             registry=kopf.get_default_registry())
@@ -294,7 +304,7 @@ async def test_a_restarted_operator_follows_its_run_and_creates_no_second_one(ap
 async def test_suspend_starts_nothing_and_conditions_follow_the_generation(api, operator):
     create_schedule(api)
     await until(lambda: condition(api, "Suspended").get("status") == "False")
-    client = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1])))
+    client = user_api()
     await asyncio.get_running_loop().run_in_executor(None, lambda: client.patch_namespaced_custom_object(
         r.GROUP, r.VERSION, NS, r.PLURAL, "nightly", {"spec": {"suspend": True}}))  # a user's kubectl patch
     await until(lambda: condition(api, "Suspended").get("status") == "True")
@@ -303,6 +313,16 @@ async def test_suspend_starts_nothing_and_conditions_follow_the_generation(api, 
     await settle()
     assert objects(api, RAYJOBS) == [] and objects(api, CONFIGMAPS) == []
     assert "Suspended" in event_reasons(api)
+
+
+async def test_a_deleted_schedule_is_no_longer_expected_by_the_liveness_probe(api, operator):
+    create_schedule(api)
+    await until(lambda: (NS, "nightly") in operator.memo.get("health", {}).get("schedules", ()))
+    client = user_api()
+    await asyncio.get_running_loop().run_in_executor(None, lambda: client.delete_namespaced_custom_object(
+        r.GROUP, r.VERSION, NS, r.PLURAL, "nightly"))  # a user's kubectl delete (no finalizer holds it)
+    await until(lambda: (NS, "nightly") not in operator.memo.health["schedules"])
+    assert handlers.alive(memo=kopf.Memo(health={**operator.memo.health, "last": handlers.time.monotonic() - handlers.STALE - 1}))
 
 
 async def test_liveness_fails_when_reconciles_stop():
@@ -390,6 +410,9 @@ async def test_creating_a_run_twice_uses_the_first(api):
                                                                                  "nightly-202701010300", "schedule", T0))
     assert again["metadata"]["uid"] == first["metadata"]["uid"]
     assert len(objects(api, RAYJOBS)) == 1 and len(objects(api, CONFIGMAPS)) == 1
+    for _ in range(2):  # the gate Job likewise
+        await loop.run_in_executor(None, cluster.create_gate, r.gate_job(first, "PromoteIfGatePasses"))
+    assert [o["metadata"]["name"] for o in objects(api, JOBS)] == ["nightly-202701010300-gate"]
 
 
 async def test_missed_ticks_after_downtime_run_as_the_catch_up_policy_says(api, operator):

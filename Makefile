@@ -51,12 +51,13 @@ test: setup ## all tests (slow end-to-end ones included)
 test-fast: setup ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow"
 
-# MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only
+# MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only;
+# MUTANTS (mutmut's names, globs allowed: "training.pipeline.x_guide__mutmut_*") runs only those
 MUTATE_DIR ?= /tmp/vap-mutate
 CHILDREN   ?= 2
-mutate: setup ## mutation testing on a copy of HEAD: [MODULES="training/rope.py"] [TESTS="tests/test_model_rope.py"] [MUTATE_DIR=/tmp/vap-mutate] [CHILDREN=2]; default [tool.mutmut] in pyproject.toml; not in CI (docs/TESTING.md)
+mutate: setup ## mutation testing on a copy of HEAD: [MODULES="training/rope.py"] [TESTS="tests/test_model_rope.py"] [MUTANTS=glob] [MUTATE_DIR=/tmp/vap-mutate] [CHILDREN=2]; default [tool.mutmut] in pyproject.toml; not in CI (docs/TESTING.md)
 	$(BIN)/python tools/mutate_copy.py "$(MUTATE_DIR)" --modules "$(MODULES)" --tests "$(TESTS)"
-	cd "$(MUTATE_DIR)" && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(CHILDREN); $(CURDIR)/$(BIN)/mutmut results
+	cd "$(MUTATE_DIR)" && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS); $(CURDIR)/$(BIN)/mutmut results
 
 bench: setup ## every benchmark side by side in one run → benchmarks/results/summary.{json,md,png} and the README table (QUICK=1: smaller sizes)
 	$(BIN)/python benchmarks/run_all.py $(if $(filter 1 true yes,$(QUICK)),--quick)

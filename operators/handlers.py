@@ -32,7 +32,8 @@ from vap.operators.cluster import Cluster, api_client
 from vap.spec import parse_spec
 
 INTERVAL = float(os.environ.get("VAP_OPERATOR_INTERVAL", "30"))  # ≤ half of schedule.ON_TIME
-STALE = 10 * INTERVAL  # no reconcile finished for this long while schedules exist: not alive
+STALE = 10 * INTERVAL  # no reconcile finished, or a heartbeat not back, for this long: not alive
+HEARTBEAT = STALE / 2  # how often each schedule's status.watchHeartbeat is bumped
 
 
 def source_digest(job_spec: dict) -> str | None:
@@ -67,17 +68,42 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
 @kopf.on.probe(id="reconciling")
 def alive(memo: kopf.Memo, **_):
     """kopf's --liveness endpoint: fails (HTTP 500, the pod restarts) when schedules exist but no
-    reconcile has finished for STALE seconds — a dead watch stream or a wedged API client."""
-    age = time.monotonic() - memo.health["last"]
+    reconcile has finished for STALE seconds (a wedged API client), or when a status heartbeat
+    the operator wrote has not come back through the watch stream for STALE seconds (a dead
+    stream: kopf hands each timer the body its watch last delivered, and would go on
+    reconciling a stale spec forever)."""
+    now = time.monotonic()
+    age = now - memo.health["last"]
     if memo.health["schedules"] and age > STALE:
         raise kopf.PermanentError(f"no schedule reconciled for {age:.0f} s (limit {STALE:.0f} s)")
+    lost = {key: now - written for key, (_, written) in memo.health.get("unechoed", {}).items() if now - written > STALE}
+    if lost:
+        (ns, name), waited = max(lost.items(), key=lambda kv: kv[1])
+        raise kopf.PermanentError(f"the watch stream has not delivered {ns}/{name}'s status.watchHeartbeat, written "
+                                  f"{waited:.0f} s ago (limit {STALE:.0f} s): the watch is dead")
     return f"last reconcile {age:.0f} s ago"
+
+
+def _heartbeat(health: dict, key: tuple[str, str], seen: dict, status: dict) -> None:
+    """Bump status.watchHeartbeat every HEARTBEAT seconds, once the last bump came back in a body
+    the watch stream delivered (`seen`: the status kopf handed the timer); `alive` reads the rest."""
+    unechoed, echoed = health.setdefault("unechoed", {}), health.setdefault("echoed", {})
+    now, beat = time.monotonic(), int(seen.get("watchHeartbeat") or 0)
+    if key in unechoed and beat >= unechoed[key][0]:
+        del unechoed[key]
+        echoed[key] = now
+    if key not in unechoed and now - echoed.get(key, float("-inf")) >= HEARTBEAT:
+        unechoed[key] = (beat + 1, now)
+    if key in unechoed:  # the status below is a stale body's: it must not write the old beat back
+        status["watchHeartbeat"] = unechoed[key][0]
 
 
 @kopf.on.delete(r.GROUP, r.VERSION, r.PLURAL, optional=True)
 def forget(namespace, name, memo: kopf.Memo, **_):
     """Nothing to clean up (owner references do); the probe stops expecting this schedule."""
     memo.health["schedules"].discard((namespace, name))
+    for waiting in (memo.health.get("unechoed", {}), memo.health.get("echoed", {})):
+        waiting.pop((namespace, name), None)
 
 
 @kopf.timer(r.GROUP, r.VERSION, r.PLURAL, interval=INTERVAL, initial_delay=0)
@@ -105,6 +131,7 @@ def reconcile_schedule(body, patch, memo: kopf.Memo, logger, **_):
         except VapError as err:  # the chart refused the values: report it, keep the run out of status
             _drop(plan, run, now, f"run {run} not created: {err}")
 
+    _heartbeat(memo.health, (ns, name), schedule.get("status") or {}, plan.status)
     patch.status.update(plan.status)
     for kind, reason, message in plan.events:
         kopf.event(body, type=kind, reason=reason, message=message)

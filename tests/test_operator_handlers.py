@@ -50,6 +50,13 @@ class ApiServer(kmock.KubernetesEmulator):
         super().__init__(*args, **kwargs)
         self.verbs: set[tuple[str, str, str]] = set()  # (API group, resource[/subresource], RBAC verb) requested
 
+    watch_muted = False  # True: open watch streams deliver nothing more (a dead stream that never closes)
+
+    async def _serve_watch(self, request):
+        async for item in super()._serve_watch(request):
+            if not self.watch_muted:
+                yield item
+
     def _record(self, request):
         if request.resource is None or request.resource.plural is None:  # discovery (/api, /apis): granted to all
             return
@@ -323,6 +330,29 @@ async def test_a_deleted_schedule_is_no_longer_expected_by_the_liveness_probe(ap
         r.GROUP, r.VERSION, NS, r.PLURAL, "nightly"))  # a user's kubectl delete (no finalizer holds it)
     await until(lambda: (NS, "nightly") not in operator.memo.health["schedules"])
     assert handlers.alive(memo=kopf.Memo(health={**operator.memo.health, "last": handlers.time.monotonic() - handlers.STALE - 1}))
+
+
+async def test_liveness_fails_when_the_watch_stream_goes_silent(api, operator):
+    """Timers go on with the body the watch last delivered; the heartbeat shows the stream is dead."""
+    create_schedule(api)
+    await until(lambda: (schedule_of(api).get("status") or {}).get("watchHeartbeat", 0) >= 3)  # written and echoed
+    assert handlers.alive(memo=operator.memo).startswith("last reconcile")
+    api.watch_muted = True
+    beat = schedule_of(api)["status"]["watchHeartbeat"]
+
+    def probe_fails():
+        try:
+            handlers.alive(memo=operator.memo)
+        except kopf.PermanentError as err:
+            return "the watch is dead" in str(err) and "vap/nightly" in str(err)
+        return False
+    await until(probe_fails)
+    assert schedule_of(api)["status"]["watchHeartbeat"] == beat + 1, "one bump, then it waits for the echo"
+    assert time_since(operator.memo.health["last"]) < handlers.STALE, "reconciles went on: only the watch died"
+
+
+def time_since(monotonic: float) -> float:
+    return handlers.time.monotonic() - monotonic
 
 
 async def test_liveness_fails_when_reconciles_stop():

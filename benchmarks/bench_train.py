@@ -7,6 +7,9 @@ P2  platform samples/s (`vap train`: Ray Train, 2 workers, DeepSpeed ZeRO-3 over
     time includes the loss all-reduce and metric collectives); the bare loop is timed over the
     same number of steps after one warm-up step. On 2 shared CPU cores, the two ranks compete
     for those cores — the ratio says what ZeRO-3's gathers and reduce-scatters over gloo cost here.
+    `P2.breakdown` splits the gap into stages run side by side: the bare loop, the ZeRO-3 engine
+    on 1 and on 2 gloo ranks (plain processes), the same 2-rank loop as the train function of a
+    Ray Train `TorchTrainer` (Ray's share), and the platform (its own share).
 P5  checkpoint bytes ÷ trainable-state bytes (goal ≈ 1.0): the DeepSpeed state a committed
     checkpoint stores (all ranks' ZeRO partitions, the model-states file, frozen backbone
     excluded) ÷ fp32 expert parameters + AdamW's two moments (12 bytes a parameter). The
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -175,7 +179,6 @@ def zero_rank(spec_json: str, steps: int, work: str, persistence: int | None = N
 def zero_loop(spec, world: int, steps: int, work: Path, persistence: int | None = None) -> dict:
     """`zero_rank` on `world` CPU processes over gloo (rank 0's numbers; all ranks wait on the
     same collectives)."""
-    import os
     import socket
     import subprocess
     import sys
@@ -199,27 +202,61 @@ def zero_loop(spec, world: int, steps: int, work: Path, persistence: int | None 
     return ms | {"samples_per_s": spec.trainer.batch_size * world * 1e3 / ms["total"]}
 
 
-def breakdown(bare: dict, zero1: dict, zero2: dict, platform_samples_per_s: float) -> dict:
+def ray_loop(spec, steps: int, work: Path) -> dict:
+    """`zero_rank` as the train function of a Ray Train `TorchTrainer` (2 workers, gloo): what
+    Ray's worker processes and process group cost, before any of the platform's own worker code
+    (step metrics, MLflow, checkpoints). Ray is left running for the platform's run after it."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vap.training.trainer import _ensure_ray
+
+    out, here = work / "zero-ray.json", str(Path(__file__).parent)
+
+    def loop(config: dict) -> None:
+        import sys
+
+        sys.path.insert(0, config["here"])
+        import bench_train
+
+        r = bench_train.zero_rank(config["spec"], config["steps"], config["work"])
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(config["out"]).write_text(json.dumps(r))
+
+    _ensure_ray(spec)
+    TorchTrainer(loop, train_loop_config={"spec": spec.model_dump_json(), "steps": steps, "work": str(work),
+                                          "out": str(out), "here": here},
+                 scaling_config=ScalingConfig(num_workers=spec.trainer.workers),
+                 torch_config=TorchConfig(backend="gloo"),
+                 run_config=RunConfig(name="bench-ray", storage_path=str(work / "ray-runs"),
+                                      worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})).fit()
+    ms = json.loads(out.read_text())
+    return ms | {"samples_per_s": spec.trainer.batch_size * spec.trainer.workers * 1e3 / ms["total"]}
+
+
+def breakdown(bare: dict, zero1: dict, zero2: dict, ray2: dict, platform_samples_per_s: float) -> dict:
     """Where P2's gap goes, as factors whose product is the ratio: bare → DeepSpeed ZeRO-3 on one
     rank (the engine alone: parameter hooks, fp32 master copy, no peer) → on 2 ranks over gloo
-    (gathers, reduce-scatters, two processes on the cores) → the platform (Ray Train, the step
-    metrics' collectives, MLflow logging). Each stage's median ms per phase beside it."""
+    (gathers, reduce-scatters, two processes on the cores) → the same loop as Ray Train workers
+    → the platform (the step metrics' collectives, MLflow logging, its loop). Each stage's
+    median ms per phase beside it."""
     def r(x: float) -> float:
         return round(x, 3)
 
     def phases(ms: dict) -> dict:
         return {k: r(v) for k, v in ms.items() if k in (*PHASES, "total")}
 
-    sps = [bare["samples_per_s"], zero1["samples_per_s"], zero2["samples_per_s"], platform_samples_per_s]
+    stages = {"bare": bare, "zero3_1_rank": zero1, "zero3_2_ranks": zero2, "ray_train_2_workers": ray2}
+    sps = [s["samples_per_s"] for s in stages.values()] + [platform_samples_per_s]
     return {
-        "samples_per_s": {"bare": r(sps[0]), "zero3_1_rank": r(sps[1]), "zero3_2_ranks": r(sps[2]),
-                          "platform": r(sps[3])},
-        "factors": {"deepspeed_engine": r(sps[1] / sps[0]), "second_rank_over_gloo": r(sps[2] / sps[1]),
-                    "platform_own": r(sps[3] / sps[2])},
-        "ms_per_step": {"bare": phases(bare), "zero3_1_rank": phases(zero1), "zero3_2_ranks": phases(zero2)},
-        "collectives": {name: {k: zero[k] for k in ("collectives_share", "collective_calls_per_step",
-                                                     "collective_ops")}
-                        for name, zero in (("zero3_1_rank", zero1), ("zero3_2_ranks", zero2))},
+        "samples_per_s": {name: r(v) for name, v in zip([*stages, "platform"], sps, strict=True)},
+        "factors": {name: r(b / a) for name, a, b in zip(
+            ("deepspeed_engine", "second_rank_over_gloo", "ray_train", "platform_own"), sps[:-1], sps[1:],
+            strict=True)},
+        "ms_per_step": {name: phases(ms) for name, ms in stages.items()},
+        "collectives": {name: {k: ms[k] for k in ("collectives_share", "collective_calls_per_step", "collective_ops")}
+                        for name, ms in stages.items() if name != "bare"},
     }
 
 
@@ -248,11 +285,12 @@ def main() -> None:
         zero2 = zero_loop(spec, 2, steps, work)
         # DeepSpeed's default threshold (1e5 elements): at this size every parameter stays whole
         zero2_persistent = zero_loop(spec, 2, steps, work, persistence=100_000)
+        ray2 = ray_loop(spec, steps, work)
         result = train(spec, progress=False)
         history = Registry(spec.registry.tracking_uri, spec.registry.model_name).metric_history(
             result.run_id, "samples_per_s")
         platform = statistics.median(v for s, v in sorted(history) if s > 1)
-        gap = breakdown(bare, zero1, zero2, platform)
+        gap = breakdown(bare, zero1, zero2, ray2, platform)
         gap["zero3_2_ranks_persistent_params"] = {
             "samples_per_s": round(zero2_persistent["samples_per_s"], 3),
             "ms_per_step": {k: round(v, 3) for k, v in zero2_persistent.items() if k in (*PHASES, "total")},
@@ -264,7 +302,8 @@ def main() -> None:
         results = {
             "P2": {"ratio": round(platform / bare["samples_per_s"], 3), "platform_samples_per_s": round(platform, 3),
                    "bare_samples_per_s": round(bare["samples_per_s"], 3), "workers": 2, "zero_stage": 3,
-                   "steps": steps, "goal": ">= 0.9", "breakdown": gap},
+                   "steps": steps, "goal": ">= 0.9", "breakdown": gap,
+                   "load_average_1min": round(os.getloadavg()[0], 2)},  # other work on the cores
             "P5": {"ratio": round(zero_bytes / trainable, 3), "checkpoint_zero_bytes": zero_bytes,
                    "trainable_state_bytes": trainable, "expert_parameters": expert_params,
                    "serving_expert_bytes": dir_bytes(ckpt / "expert"), "goal": "~ 1.0"},

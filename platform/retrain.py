@@ -9,7 +9,9 @@ What a scheduled run executes, on a cluster and on one machine:
    finished and trains nothing, and two specs training different models on one snapshot never
    share a job (its checkpoints, its MLflow run);
 3. evaluate: the metrics recorded on the registered version (the trainer's held-out eval loss,
-   `metric.eval_loss`, and any `eval.*` that `vap eval` added);
+   `metric.eval_loss`), and with `eval_pairs` `vap eval` of the version on that many held-out
+   pairs first (its `eval.<split>.*`, which `registry.promotion` can require; skipped when the
+   version carries them already, so a repeated cycle does not generate again);
 4. per policy, register only, or promote through the registry's gate (`Registry.promote` under
    the spec's `registry.promotion`, the same call as `vap promote`, so the decision is in the
    ledger).
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["register", "promote"]
 POLICIES = ("register", "promote")
+EVAL_SPLITS = ("val", "unseen")  # vap.evaluation.evaluate.SPLITS, without importing torch here
 
 
 def job_name(spec_name: str, model_name: str, snapshot_id: str) -> str:
@@ -69,11 +72,12 @@ class Cycle:
 
 
 def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None = None,
-            train: Callable | None = None, registry: Registry | None = None) -> Cycle:
-    """One cycle (see the module docstring). `build(spec) -> Snapshot` and `train(spec) ->
-    TrainResult` default to `vap.datasets.build.build_snapshot` and `vap.training.trainer.train`."""
-    if policy not in POLICIES:
-        raise RegistryError(f"promotion policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+            train: Callable | None = None, registry: Registry | None = None, eval_pairs: int | None = None,
+            eval_split: str = "val", evaluate: Callable | None = None) -> Cycle:
+    """One cycle (see the module docstring). `build(spec) -> Snapshot`, `train(spec) ->
+    TrainResult` and `evaluate` default to `vap.datasets.build.build_snapshot`,
+    `vap.training.trainer.train` and `vap.evaluation.evaluate.evaluate`."""
+    _check(policy, eval_pairs, eval_split)
     if build is None:
         from vap.datasets.build import build_snapshot as build
     if train is None:
@@ -98,10 +102,36 @@ def retrain(spec: JobSpec, policy: Policy = "promote", *, build: Callable | None
                                             f"trained, registered version {result.version}"))
     cycle = Cycle(job, snapshot.id, data_changed, not finished, result.version, "registered", reasons)
 
+    if eval_pairs:
+        _evaluate(registry, job_spec, cycle, eval_pairs, eval_split, evaluate)
     _decide(registry, cycle, policy, spec.registry.promotion)
     for line in reasons:
         log.info("retrain %s: %s", job, line)
     return cycle
+
+
+def _check(policy: str, eval_pairs: int | None, eval_split: str) -> None:
+    """Refuse a bad policy or evaluation before any work."""
+    if policy not in POLICIES:
+        raise RegistryError(f"promotion policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+    if eval_pairs is not None and eval_pairs < 1:
+        raise RegistryError(f"eval pairs {eval_pairs}: evaluate at least 1 pair, or leave it out to skip evaluation")
+    if eval_split not in EVAL_SPLITS:
+        raise RegistryError(f"eval split {eval_split!r} is unknown: use one of {', '.join(EVAL_SPLITS)}")
+
+
+def _evaluate(registry: Registry, spec: JobSpec, cycle: Cycle, pairs: int, split: str, evaluate: Callable | None) -> None:
+    """`vap eval` of the cycle's version on `pairs` held-out pairs of `split`, recorded on the
+    version (eval.<split>.*) before the gate reads it; not again when the version has them."""
+    prefix = f"eval.{split}."
+    model = f"models:/{spec.registry.model_name}/{cycle.version}"
+    if any(k.startswith(prefix) for k in registry.version_metrics(cycle.version)):
+        cycle.reasons.append(f"eval: version {cycle.version} carries {prefix}* already: not evaluated again")
+        return
+    if evaluate is None:
+        from vap.evaluation.evaluate import evaluate
+    evaluate(spec, model, split, pairs, record=True, progress=False)
+    cycle.reasons.append(f"eval: {model} on {pairs} {split} pair(s), {prefix}* recorded on the version")
 
 
 def _decide(registry: Registry, cycle: Cycle, policy: Policy, policy_spec) -> None:
@@ -121,11 +151,12 @@ def _decide(registry: Registry, cycle: Cycle, policy: Policy, policy_spec) -> No
         reasons.append(f"gate {'passed' if decision.moved else 'refused'}: {decision.summary()}")
 
 
-def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry | None = None) -> Cycle:
-    """The last step alone, for a job trained elsewhere (the operator's RayJob): find job
-    `spec.name`'s registered version, then register only or promote through the gate."""
-    if policy not in POLICIES:
-        raise RegistryError(f"promotion policy {policy!r} is unknown: use one of {', '.join(POLICIES)}")
+def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry | None = None, *,
+                 eval_pairs: int | None = None, eval_split: str = "val", evaluate: Callable | None = None) -> Cycle:
+    """The last steps alone, for a job trained elsewhere (the operator's RayJob): find job
+    `spec.name`'s registered version, evaluate it (with `eval_pairs`, on the snapshot it trained
+    on), then register only or promote through the gate."""
+    _check(policy, eval_pairs, eval_split)
     registry = registry or Registry(spec.registry.tracking_uri, spec.registry.model_name, spec.registry.experiment,
                                     lock_uri=spec.storage.uri)
     run = registry.find_run(spec.name)
@@ -135,5 +166,9 @@ def gate_trained(spec: JobSpec, policy: Policy = "promote", registry: Registry |
                             f"{spec.registry.tracking_uri}: train it first (vap train --config …)")
     cycle = Cycle(spec.name, run.data.tags.get("vap.snapshot", ""), False, False, version, "registered",
                   [f"train: job {spec.name} finished, version {version}"])
+    if eval_pairs:
+        trained_on = spec.model_copy(update={"data": spec.data.model_copy(update={"snapshot": cycle.snapshot})}) \
+            if cycle.snapshot else spec
+        _evaluate(registry, trained_on, cycle, eval_pairs, eval_split, evaluate)
     _decide(registry, cycle, policy, spec.registry.promotion)
     return cycle

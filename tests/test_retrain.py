@@ -40,7 +40,7 @@ class World:
         run_id = self.registry.start_run(spec.name, {}, {})
         version = self.registry.register(run_id, f"/ckpt/{spec.name}/expert",
                                          {"metric.eval_loss": self.eval_loss[spec.data.snapshot]})
-        self.registry.set_tags(run_id, **{"vap.version": version})
+        self.registry.set_tags(run_id, **{"vap.version": version, "vap.snapshot": spec.data.snapshot})
         self.registry.finish_run(run_id)
         return SimpleNamespace(version=version)
 
@@ -127,3 +127,89 @@ def test_gate_only_decides_for_a_job_trained_elsewhere(spec, world):
     assert gate_trained(worse, registry=world.registry).decision == "refused"
     with pytest.raises(RegistryError, match="job never-ran has no finished run"):
         gate_trained(spec.model_copy(update={"name": "never-ran"}), registry=world.registry)
+
+
+class Evaluator:
+    """`vap eval` as the gate sees it: records eval.<split>.* on the version it is given."""
+
+    def __init__(self, registry):
+        self.registry, self.calls = registry, []
+
+    def __call__(self, spec, model, split, pairs, *, record, progress):
+        self.calls.append((model, spec.data.snapshot, split, pairs))
+        version = model.rsplit("/", 1)[1]
+        assert record and self.registry.get_version(version)  # a registered version, recorded on
+        self.registry.record_evaluation(version, {f"eval.{split}.loss": 0.25})
+
+
+def requiring(spec, metric):
+    promotion = spec.registry.promotion.model_copy(update={"required": [metric]})
+    return spec.model_copy(update={"registry": spec.registry.model_copy(update={"promotion": promotion})})
+
+
+def test_gate_only_evaluates_the_version_before_the_gate_reads_it(spec, world):
+    spec = requiring(spec.model_copy(update={"data": spec.data.model_copy(update={"snapshot": "latest"})}), "eval.val.loss")
+    world.train(spec.model_copy(update={"data": spec.data.model_copy(update={"snapshot": "snap-a"})}))
+    evaluate = Evaluator(world.registry)
+    without = gate_trained(spec, registry=world.registry)
+    assert without.decision == "refused" and "eval.val.loss" in without.summary()  # the gate needs the eval metric
+    cycle = gate_trained(spec, registry=world.registry, eval_pairs=4, evaluate=evaluate)
+    assert cycle.decision == "promoted" and cycle.metrics["eval.val.loss"] == 0.25
+    # the version the job registered, on the snapshot it trained on (not the spec's "latest")
+    assert evaluate.calls == [(f"models:/expert/{cycle.version}", "snap-a", "val", 4)]
+    assert any(line.startswith("eval: models:/expert/") for line in cycle.reasons)
+
+
+def test_a_repeated_cycle_does_not_evaluate_again(spec, world):
+    spec = requiring(spec, "eval.unseen.loss")
+    evaluate = Evaluator(world.registry)
+    first = retrain(spec, build=world.build, train=world.train, registry=world.registry, eval_pairs=2,
+                    eval_split="unseen", evaluate=evaluate)
+    assert first.decision == "promoted" and evaluate.calls == [(f"models:/expert/{first.version}", "snap-a", "unseen", 2)]
+    again = retrain(spec, build=world.build, train=world.train, registry=world.registry, eval_pairs=2,
+                    eval_split="unseen", evaluate=evaluate)
+    assert again.decision == "unchanged" and len(evaluate.calls) == 1
+    assert "carries eval.unseen.* already" in again.summary()
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"eval_pairs": 0}, "evaluate at least 1 pair"),
+                                           ({"eval_pairs": 2, "eval_split": "train"}, "eval split 'train' is unknown")])
+def test_bad_evaluation_is_refused_before_any_work(spec, world, kwargs, needle):
+    with pytest.raises(RegistryError, match=needle):
+        retrain(spec, build=world.build, train=world.train, registry=world.registry, **kwargs)
+    assert world.built == set()
+
+
+def test_eval_splits_are_the_evaluators():
+    from vap.evaluation.evaluate import SPLITS
+    from vap.retrain import EVAL_SPLITS
+
+    assert EVAL_SPLITS == SPLITS
+
+
+def test_gate_only_cli_exits_3_when_refused_as_the_operator_reads_it(spec, world, tmp_path):
+    """`vap retrain --gate-only` as the gate Job runs it: 0 and the decision, or exit 3 when refused
+    (the Job's podFailurePolicy turns 3 into "refused", anything else into "broken")."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    import typer
+
+    from vap.retraincli import retrain as retrain_command
+
+    app = typer.Typer()  # `vap` with the one command (vap.cli registers it the same way)
+    app.callback()(lambda: None)
+    app.command("retrain")(retrain_command)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(requiring(spec, "eval.val.loss").model_dump(mode="json")))
+    world.train(spec.model_copy(update={"data": spec.data.model_copy(update={"snapshot": "snap-a"})}))
+    refused = CliRunner().invoke(app, ["retrain", "--config", str(config), "--gate-only", "--json"])
+    assert refused.exit_code == 3, refused.output
+    assert json.loads(refused.stdout)["decision"] == "refused"
+    config.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    passed = CliRunner().invoke(app, ["retrain", "--config", str(config), "--gate-only", "--policy", "register"])
+    assert passed.exit_code == 0 and passed.stdout.startswith("registered: job nightly"), passed.output
+    bad = CliRunner().invoke(app, ["retrain", "--config", str(config), "--gate-only", "--eval-pairs", "0"])
+    assert bad.exit_code == 2 and "--eval-pairs" in bad.output

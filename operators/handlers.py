@@ -124,7 +124,8 @@ def reconcile_schedule(body, patch, memo: kopf.Memo, logger, **_):
         cluster.delete_run(ns, name, run)
     policy = schedule["spec"].get("promotion", reconcile.DEFAULTS["promotion"])
     for run in plan.gate:
-        cluster.create_gate(r.gate_job(next(o for o in rayjobs if o["metadata"]["name"] == run), policy))
+        cluster.create_gate(r.gate_job(next(o for o in rayjobs if o["metadata"]["name"] == run), policy,
+                                       schedule["spec"].get("evaluation")))
     for run, trigger, tick in plan.create:
         try:
             cluster.create_run(r.run_objects(schedule, job_spec, run, trigger, tick))

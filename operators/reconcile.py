@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from vap.kube.cluster import FINISHED
 from vap.operators import resources as r
 from vap.operators.schedule import CATCH_UP, due, schedule_problems
+from vap.retrain import EVAL_SPLITS
 
 CONCURRENCY = ("Allow", "Forbid", "Replace")
 ACTIVE = ("Training", "Trained", "Gating")
@@ -52,6 +53,14 @@ def spec_problems(spec: dict) -> list[str]:
     for key, allowed in (("concurrencyPolicy", CONCURRENCY), ("catchUp", CATCH_UP), ("promotion", tuple(r.POLICIES))):
         if key in spec and spec[key] not in allowed:
             problems.append(f"{key} {spec[key]!r} is unknown: use one of {', '.join(allowed)}")
+    evaluation = spec.get("evaluation")
+    if evaluation is not None:
+        pairs, split = (evaluation or {}).get("pairs"), (evaluation or {}).get("split", "val")
+        if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
+            problems.append(f"evaluation.pairs {pairs!r}: give the number of held-out pairs to evaluate (≥ 1), "
+                            "or leave evaluation out")
+        if split not in EVAL_SPLITS:
+            problems.append(f"evaluation.split {split!r} is unknown: use one of {', '.join(EVAL_SPLITS)}")
     return problems
 
 

@@ -69,10 +69,12 @@ def run_objects(schedule: dict, job_spec: dict, name: str, trigger: str, tick: d
     return objects
 
 
-def gate_job(rayjob: dict, policy: str) -> dict:
+def gate_job(rayjob: dict, policy: str, evaluation: dict | None = None) -> dict:
     """The batch Job that evaluates a succeeded run and registers or promotes it, running
     `vap retrain --gate-only` in the run's head pod template: the one that mounts the job spec at
     /etc/vap and carries the storage and MLflow credentials (the submitter's carries neither).
+    `evaluation` (the schedule's spec.evaluation: pairs, split, resources) adds `vap eval` of the
+    version first; its `resources` replace the head's for that pod.
     Exit code GATE_REFUSED_EXIT fails the Job at once (podFailurePolicy) and says "refused"."""
     pod = copy.deepcopy(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])
     pod["metadata"].setdefault("labels", {})["vap-platform/role"] = "gate"
@@ -82,6 +84,10 @@ def gate_job(rayjob: dict, policy: str) -> dict:
                             "--policy", POLICIES[policy]]
     for ray_only in ("args", "ports", "lifecycle"):  # Ray's head: its ports, KubeRay's start command
         container.pop(ray_only, None)
+    if evaluation:
+        container["command"] += ["--eval-pairs", str(evaluation["pairs"]), "--eval-split", evaluation.get("split", "val")]
+        if evaluation.get("resources"):
+            container["resources"] = copy.deepcopy(evaluation["resources"])
     pod["spec"]["restartPolicy"] = "Never"
     name = gate_job_name(rayjob["metadata"]["name"])
     labels = {k: v for k, v in rayjob["metadata"].get("labels", {}).items()

@@ -259,6 +259,21 @@ async def test_a_tick_runs_one_rayjob_then_its_gate_then_reports(api, operator, 
     assert schedule_of(api)["status"]["observedGeneration"] == 1
 
 
+async def test_register_only_with_evaluation_gates_with_those_arguments(api, operator):
+    create_schedule(api, promotion="RegisterOnly", evaluation={"pairs": 6, "split": "unseen"})
+    api.now = T0 + timedelta(minutes=1, seconds=10)
+    await fired(api)
+    set_status(api, RAYJOBS, "nightly-202701010300", TRAINED)
+    await until(lambda: objects(api, JOBS))
+    [gate] = objects(api, JOBS)
+    assert gate["spec"]["template"]["spec"]["containers"][0]["command"][-7:] == [
+        "--gate-only", "--policy", "register", "--eval-pairs", "6", "--eval-split", "unseen"]
+    set_status(api, JOBS, gate["metadata"]["name"], PASSED)
+    await until(lambda: condition(api, "Promoted"))
+    promoted = condition(api, "Promoted")
+    assert promoted["reason"] == "Registered" and "@champion not moved" in promoted["message"]
+
+
 async def test_failed_training_is_never_gated(api, operator):
     create_schedule(api)
     api.now = T0 + timedelta(minutes=1, seconds=10)
@@ -416,8 +431,9 @@ async def test_other_schedules_runs_are_not_adopted(api, operator):
                                          ({"concurrencyPolicy": "Sometimes"}, "concurrencyPolicy 'Sometimes' is unknown"),
                                          ({"jobSpec": {**JOB_SPEC, "storage": {"uri": "/tmp/runs"}}}, "storage.uri"),
                                          ({"jobSpecFrom": {"configMapKeyRef": {"name": "retrain-spec"}}},
-                                          "both jobSpec and jobSpecFrom: keep one")],
-                         ids=["cron", "policy", "job-spec", "two-job-specs"])
+                                          "both jobSpec and jobSpecFrom: keep one"),
+                                         ({"evaluation": {"pairs": 0}}, "evaluation.pairs 0")],
+                         ids=["cron", "policy", "job-spec", "two-job-specs", "evaluation"])
 async def test_a_malformed_schedule_is_reported_and_creates_nothing(api, operator, spec, needle):
     create_schedule(api, **spec)
     api.now = T0 + timedelta(minutes=1, seconds=10)

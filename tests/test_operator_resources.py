@@ -53,3 +53,12 @@ def test_run_objects_are_the_train_charts_with_owner_and_tick():
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-basic-auth"
     assert "ports" not in container and gate["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert r.gate_job(rayjob, "RegisterOnly")["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "register"
+
+    gpu = {"limits": {"nvidia.com/gpu": 1, "memory": "64Gi"}, "requests": {"nvidia.com/gpu": 1, "memory": "64Gi"}}
+    evaluating = r.gate_job(rayjob, "PromoteIfGatePasses", {"pairs": 8, "split": "unseen", "resources": gpu})
+    kube.validate([evaluating])
+    [container] = evaluating["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-7:] == ["--gate-only", "--policy", "promote", "--eval-pairs", "8", "--eval-split", "unseen"]
+    assert container["resources"] == gpu
+    assert r.gate_job(rayjob, "RegisterOnly", {"pairs": 2})["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
+        "--eval-split", "val"]

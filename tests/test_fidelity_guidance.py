@@ -11,13 +11,23 @@ from test_model_helpers import forward_kwargs, shard_batch
 
 from vap.training.families import get_family
 from vap.training.model import VAPTransformer
-from vap.training.pipeline import VAPPipeline, dynamic_guidance_scale
+from vap.training.pipeline import VAPPipeline, dynamic_guidance_scale, guide
 
 RNG = np.random.default_rng(0)
 REFERENCE = RNG.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
 IMAGE = RNG.integers(0, 255, (32, 32, 3), dtype=np.uint8)
 # the authors' negative prompt (their MoT pipelines' default for the target and the reference)
 AUTHORS_NEGATIVE = "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings"
+
+
+def test_guide_is_the_formula_worked_by_hand():
+    """ε = ε_u + g(ε_c − ε_u) + r(ε_c − ε_n) on numbers small enough to do by hand."""
+    cond, uncond, no_ref = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.0])
+    # 0.5 + 3·0.5 + 2·(−1) = 0;  −1 + 3·3 + 2·2 = 12
+    assert guide(cond, uncond, 3.0, no_ref, 2.0).tolist() == [0.0, 12.0]
+    assert guide(cond, uncond, 3.0).tolist() == [2.0, 8.0]  # no reference guidance unless asked
+    assert guide(cond, None, 3.0, no_ref, 2.0).tolist() == [-1.0, 6.0]  # no CFG: ε_c + r(ε_c − ε_n)
+    assert guide(cond, None, 3.0).tolist() == [1.0, 2.0]
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,25 @@ def test_crd_schema_refuses_malformed_schedules(objects, change, where):
     assert [list(e.absolute_path)[:2] for e in errors] == [["spec", where]]
 
 
+def test_the_documented_resource_is_valid_and_unknown_fields_are_refused(objects):
+    """Strictly, as kubectl's default server-side field validation does (a plain client's typo would
+    be pruned and the default used instead): operators/README.md's example passes, a typo does not."""
+    from conftest import REPO
+
+    from vap.kube.validation import _strict
+
+    validator = jsonschema.Draft4Validator(_strict(_schema(objects)))
+    readme = (REPO / "operators" / "README.md").read_text()
+    example = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert (example["apiVersion"], example["kind"]) == (r.API_VERSION, r.KIND)
+    body = {"spec": example["spec"]}  # apiVersion, kind and metadata are the API server's, not the CRD schema's
+    assert not list(validator.iter_errors(body))
+    typo = copy.deepcopy(body)
+    typo["spec"]["concurencyPolicy"] = typo["spec"].pop("concurrencyPolicy")
+    [error] = validator.iter_errors(typo)
+    assert list(error.absolute_path) == ["spec"] and "concurencyPolicy" in error.message
+
+
 def test_crd_defaults_are_the_operators(objects):
     properties = _schema(objects)["properties"]["spec"]["properties"]
     defaults = {key: prop["default"] for key, prop in properties.items() if "default" in prop}

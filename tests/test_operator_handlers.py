@@ -546,3 +546,17 @@ async def test_a_missing_job_spec_configmap_is_reported_and_creates_nothing(api,
     await until(lambda: condition(api, "Valid").get("status") == "True")
     await fired(api)
     assert trained_steps(api, "nightly-202701010300") == 2000
+
+
+async def test_an_operator_down_for_hours_runs_only_the_latest_missed_tick(api, operator):
+    """catchUp Latest (the default) across a real stop and start: the cursor is in status."""
+    create_schedule(api, schedule="0 * * * *", concurrencyPolicy="Allow")
+    api.now = T0 + timedelta(minutes=1, seconds=10)  # 03:00:10
+    await fired(api)
+    await operator.stop()
+    api.now = T0 + timedelta(hours=6, minutes=31)  # 09:30: 04:00 … 09:00 passed while it was down
+    await operator.start()
+    await fired(api, "nightly-202701010900")
+    await settle()
+    assert sorted(o["metadata"]["name"] for o in objects(api, RAYJOBS)) == ["nightly-202701010300", "nightly-202701010900"]
+    assert any(e["reason"] == "CatchUpSkipped" and e["message"].startswith("5 missed tick(s)") for e in objects(api, EVENTS))

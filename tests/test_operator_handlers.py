@@ -560,3 +560,22 @@ async def test_an_operator_down_for_hours_runs_only_the_latest_missed_tick(api, 
     await settle()
     assert sorted(o["metadata"]["name"] for o in objects(api, RAYJOBS)) == ["nightly-202701010300", "nightly-202701010900"]
     assert any(e["reason"] == "CatchUpSkipped" and e["message"].startswith("5 missed tick(s)") for e in objects(api, EVENTS))
+
+
+async def test_the_data_digest_follows_the_source_listing(tmp_path):
+    """The real `source_digest` (the dataChange trigger) on a local source: stable while nothing
+    changes, new when a clip is added or rewritten, None when the source cannot be listed."""
+    raw = tmp_path / "raw"
+    (raw / "clips").mkdir(parents=True)
+    (raw / "metadata.csv").write_text("video,caption,condition,category\nclips/a.mp4,a cat,dolly zoom,camera\n")
+    (raw / "clips" / "a.mp4").write_bytes(b"a" * 10)
+    job = {**JOB_SPEC, "data": {**JOB_SPEC["data"], "source": str(raw), "shards": str(tmp_path / "shards")},
+           "storage": {"uri": str(tmp_path / "runs")}, "registry": {**JOB_SPEC["registry"], "tracking_uri": "http://mlflow:5000"}}
+    first = handlers.source_digest(job)
+    assert first is not None and len(first) == 64 and handlers.source_digest(job) == first
+    (raw / "clips" / "b.mp4").write_bytes(b"b" * 10)  # new data arrives
+    second = handlers.source_digest(job)
+    assert second not in (None, first)
+    (raw / "clips" / "b.mp4").write_bytes(b"c" * 12)  # a clip is replaced
+    assert handlers.source_digest(job) not in (None, first, second)
+    assert handlers.source_digest({**job, "data": {**job["data"], "source": str(tmp_path / "nowhere")}}) is None

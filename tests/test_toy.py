@@ -61,7 +61,7 @@ def test_vae_reconstructs_held_out_clips(pipe):
     with torch.no_grad():
         y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
     recon = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
-    assert _psnr(recon, clips) > 15.0  # 17.6 dB measured on seed 1000
+    assert _psnr(recon, clips) > 17.0  # 19.9 dB measured on seed 1000 (the 8-channel VAE before it: 17.6)
 
 
 def test_generation_continues_the_first_frame_better_than_a_random_transformer(pipe):

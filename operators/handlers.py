@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 import kopf
 
-from vap.errors import VapError
+from vap.errors import DataError, VapError
 from vap.kube.values import values_from_spec
 from vap.operators import reconcile
 from vap.operators import resources as r
@@ -36,17 +36,19 @@ STALE = 10 * INTERVAL  # no reconcile finished, or a heartbeat not back, for thi
 HEARTBEAT = STALE / 2  # how often each schedule's status.watchHeartbeat is bumped
 
 
-def source_digest(job_spec: dict) -> str | None:
+def source_digest(job_spec: dict) -> str:
     """Digest of the files under the job's data root: the listing (name, size, mtime or S3 ETag)
-    that `vap data build` trusts to find an unchanged source. None when it cannot be listed."""
+    that `vap data build` trusts to find an unchanged source. DataError when it cannot be listed."""
     from vap.datasets import build
     from vap.datasets.ingest import find_manifest
 
+    spec = parse_spec(job_spec, source="jobSpec")
     try:
-        spec = parse_spec(job_spec, source="jobSpec")
         listing = build._listing(build._data_root(spec, find_manifest(spec.data.source)))
     except VapError:
-        return None
+        raise
+    except Exception as err:  # botocore, network, permissions: the trigger is blind, the schedule runs on
+        raise DataError(f"{spec.data.source}: cannot list it ({type(err).__name__}: {err})") from None
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
@@ -115,10 +117,15 @@ def reconcile_schedule(body, patch, memo: kopf.Memo, logger, **_):
     memo.health["schedules"].add((ns, name))
     job_spec, problems = _job_spec(cluster, schedule)
     wants_digest = not problems and (schedule["spec"].get("triggers") or {}).get("dataChange")
-    digest = memo.source_digest(job_spec) if wants_digest else None
+    digest, digest_error = None, None
+    if wants_digest:
+        try:
+            digest = memo.source_digest(job_spec)
+        except VapError as err:
+            digest_error = str(err)
     rayjobs, gates = cluster.owned(ns, name)
     now = memo.clock()
-    plan = reconcile.plan(schedule, rayjobs, gates, now, digest, problems)
+    plan = reconcile.plan(schedule, rayjobs, gates, now, digest, problems, digest_error)
 
     for run in plan.delete:
         cluster.delete_run(ns, name, run)

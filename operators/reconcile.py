@@ -173,9 +173,14 @@ class _Planner:
             out += [(r.run_name(self.name, t), "schedule", t) for t in found.run]
         return out
 
-    def data_candidate(self, digest: str | None) -> list[tuple[str, str, datetime | None]]:
-        if not (self.spec.get("triggers") or {}).get("dataChange") or not digest:
+    def data_candidate(self, digest: str | None, error: str | None) -> list[tuple[str, str, datetime | None]]:
+        if not (self.spec.get("triggers") or {}).get("dataChange"):
             return []
+        if error or not digest:  # said once, not dropped: the trigger is blind until the source lists again
+            self.decide("DataWatched", False, "SourceUnreadable",
+                        f"dataChange trigger cannot list the data source: {error or 'no digest'}", warning=True)
+            return []
+        self.decide("DataWatched", True, "SourceListed", "dataChange trigger: the data source lists")
         previous, self.status["lastDigest"] = self.status.get("lastDigest"), digest
         if previous is None or previous == digest:  # the first digest seen is the baseline
             return []
@@ -233,7 +238,7 @@ def meta_of(obj: dict) -> dict:
 
 
 def plan(schedule: dict, rayjobs: list[dict], gates: dict[str, dict], now: datetime,
-         digest: str | None = None, problems: list[str] = ()) -> Plan:
+         digest: str | None = None, problems: list[str] = (), digest_error: str | None = None) -> Plan:
     """Everything one reconciliation decides. `problems`: what is wrong with the job spec (it
     could not be read or validated); with any problem, or the schedule's own, nothing is created."""
     p = _Planner(schedule, now)
@@ -245,7 +250,7 @@ def plan(schedule: dict, rayjobs: list[dict], gates: dict[str, dict], now: datet
     else:
         p.decide("Valid", True, "SpecValid", "schedule, policies and job spec are valid")
         suspended = bool(p.spec["suspend"])
-        wanted = p.candidates() + p.data_candidate(digest)  # both move their cursors while suspended too
+        wanted = p.candidates() + p.data_candidate(digest, digest_error)  # both move their cursors while suspended too
         p.decide("Suspended", suspended, "Suspended" if suspended else "NotSuspended",
                  "spec.suspend is true: no run starts (ticks pass unrun)" if suspended else "runs start on their triggers")
         if not suspended:

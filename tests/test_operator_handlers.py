@@ -29,6 +29,7 @@ from conftest import REPO
 os.environ["VAP_OPERATOR_INTERVAL"] = "0.2"  # before the handlers are imported: a fast timer
 from vap.operators import handlers  # noqa: E402
 from vap.operators import resources as r  # noqa: E402
+from vap.errors import VapError  # noqa: E402
 from vap.operators.cluster import Cluster  # noqa: E402
 
 NS = "vap"
@@ -148,9 +149,14 @@ class Operator:
     def clock(self):
         return self.server.now
 
+    def source_digest(self, job_spec):
+        if isinstance(self.digest, Exception):
+            raise self.digest
+        return self.digest
+
     async def start(self):
         client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=URL[-1]))
-        memo = self.memo = kopf.Memo(cluster=Cluster(client), clock=self.clock, source_digest=lambda spec: self.digest)
+        memo = self.memo = kopf.Memo(cluster=Cluster(client), clock=self.clock, source_digest=self.source_digest)
         self.stop_flag = threading.Event()
         run = kopf.operator(standalone=True, namespaces=[NS], stop_flag=self.stop_flag, memo=memo,
                             registry=kopf.get_default_registry())
@@ -382,16 +388,21 @@ async def test_liveness_fails_when_reconciles_stop():
 
 async def test_new_data_digest_starts_a_run(api, operator):
     create_schedule(api, schedule="0 3 1 1 *", triggers={"schedule": False, "dataChange": True})
+    operator.digest = VapError("s3://vap-data/raw: cannot list it (EndpointConnectionError: ...)")  # storage down
+    await until(lambda: condition(api, "DataWatched").get("reason") == "SourceUnreadable")
+    assert "s3://vap-data/raw: cannot list it" in condition(api, "DataWatched")["message"]
+    await until(lambda: "SourceUnreadable" in event_reasons(api))
+    assert objects(api, RAYJOBS) == []
     operator.digest = "a" * 64
     await until(lambda: (schedule_of(api).get("status") or {}).get("lastDigest"))
     await settle()
     assert objects(api, RAYJOBS) == [], "the first digest seen is the baseline"
     operator.digest = "b" * 64
-    await until(lambda: objects(api, RAYJOBS))
+    await until(lambda: condition(api, "Scheduled").get("reason") == "DataChanged")  # created, and status written
     await settle()
     assert [o["metadata"]["name"] for o in objects(api, RAYJOBS)] == ["nightly-dbbbbbbbbbbbb"]
     assert objects(api, RAYJOBS)[0]["metadata"]["labels"][r.TRIGGER_LABEL] == "data"
-    assert condition(api, "Scheduled")["reason"] == "DataChanged"
+    assert condition(api, "Scheduled")["reason"] == "DataChanged" and condition(api, "DataWatched")["status"] == "True"
 
 
 async def test_history_limits_prune_old_runs_and_their_objects(api, operator):
@@ -564,7 +575,7 @@ async def test_an_operator_down_for_hours_runs_only_the_latest_missed_tick(api, 
 
 async def test_the_data_digest_follows_the_source_listing(tmp_path):
     """The real `source_digest` (the dataChange trigger) on a local source: stable while nothing
-    changes, new when a clip is added or rewritten, None when the source cannot be listed."""
+    changes, new when a clip is added or rewritten, an error naming it when it cannot be listed."""
     raw = tmp_path / "raw"
     (raw / "clips").mkdir(parents=True)
     (raw / "metadata.csv").write_text("video,caption,condition,category\nclips/a.mp4,a cat,dolly zoom,camera\n")
@@ -578,4 +589,5 @@ async def test_the_data_digest_follows_the_source_listing(tmp_path):
     assert second not in (None, first)
     (raw / "clips" / "b.mp4").write_bytes(b"c" * 12)  # a clip is replaced
     assert handlers.source_digest(job) not in (None, first, second)
-    assert handlers.source_digest({**job, "data": {**job["data"], "source": str(tmp_path / "nowhere")}}) is None
+    with pytest.raises(VapError, match="nowhere: no such folder"):
+        handlers.source_digest({**job, "data": {**job["data"], "source": str(tmp_path / "nowhere")}})

@@ -20,6 +20,11 @@ PYPROJECT = """\
 [project]
 name = "x"
 
+[tool.setuptools.package-dir]
+vap = "platform"
+"vap.evaluation" = "platform/evaluation"
+"vap.training" = "training"
+
 [tool.mutmut]
 # a comment in the table
 source_paths = ["a.py",
@@ -65,10 +70,20 @@ def copy_with(tmp_path: Path, files: list[str]) -> Path:
 
 def test_modules_and_tests_replace_the_table_values_and_empty_keeps_them(tmp_path):
     copy = copy_with(tmp_path, ["a.py", "b.py", "m/c.py", "tests/test_c.py"])
-    assert mutate_copy.settings_for(copy, [], []) == {"source_paths": ["a.py", "b.py"], "pytest_add_cli_args": ["-q"]}
+    assert mutate_copy.settings_for(copy, [], []) == {"source_paths": ["a.py", "b.py"], "pytest_add_cli_args": ["-q"],
+                                                      "also_copy": ["m"]}
     assert mutate_copy.settings_for(copy, ["m/c.py"], ["tests/test_c.py::test_one", "-k", "one"]) == {
-        "source_paths": ["m/c.py"], "pytest_add_cli_args": ["-q"],
+        "source_paths": ["m/c.py"], "pytest_add_cli_args": ["-q"], "also_copy": ["m"],
         "pytest_add_cli_args_test_selection": ["tests/test_c.py::test_one", "-k", "one"]}
+
+
+def test_folders_tests_read_by_path_are_copied_and_the_package_folders_are_not(tmp_path):
+    copy = copy_with(tmp_path, ["platform/spec.py", "platform/evaluation/x.py", "training/rope.py", "tests/test_a.py",
+                                "examples/demo.yaml", "charts/vap/Chart.yaml", ".ci/run.sh", "README.md"])
+    assert mutate_copy.data_folders(copy) == ["charts", "examples"]
+    text = PYPROJECT.replace('pytest_add_cli_args = ["-q"]', 'pytest_add_cli_args = ["-q"]\nalso_copy = ["README.md"]')
+    (copy / "pyproject.toml").write_text(text)
+    assert mutate_copy.settings_for(copy, ["platform/spec.py"], [])["also_copy"] == ["README.md", "charts", "examples"]
 
 
 @pytest.mark.parametrize(("modules", "tests", "named"), [(["m/gone.py"], [], "MODULES: m/gone.py"),
@@ -98,6 +113,8 @@ def test_the_copy_is_head_with_the_requested_table(tmp_path, capsys):
     head = subprocess.run(["git", "-C", str(REPO), "ls-tree", "-r", "--name-only", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.split()
     assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == sorted(head)
+    top_level = [d for d in subprocess.run(["git", "-C", str(REPO), "ls-tree", "-d", "--name-only", "HEAD"], check=True,
+                                           capture_output=True, text=True).stdout.split() if not d.startswith(".")]
     for name in ("training/rope.py", "tests/test_model_rope.py", "Makefile"):
         want = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{name}"], check=True, capture_output=True).stdout
         assert (copy / name).read_bytes() == want
@@ -105,5 +122,6 @@ def test_the_copy_is_head_with_the_requested_table(tmp_path, capsys):
     committed = tomllib.loads(subprocess.run(["git", "-C", str(REPO), "show", "HEAD:pyproject.toml"], check=True,
                                              capture_output=True, text=True).stdout)["tool"]["mutmut"]
     assert table == {**committed, "source_paths": ["training/rope.py"],
-                     "pytest_add_cli_args_test_selection": ["tests/test_model_rope.py"]}
+                     "pytest_add_cli_args_test_selection": ["tests/test_model_rope.py"],
+                     "also_copy": sorted(set(top_level) - {"platform", "training", "datasets", "operators", "tests"})}
     assert f"{copy}: mutating training/rope.py with tests/test_model_rope.py" in capsys.readouterr().out

@@ -68,7 +68,19 @@ def settings_for(copy: Path, modules: list[str], tests: list[str]) -> dict:
             is_path = file.endswith(".py") or "/" in file  # not an option or its value (-k expr)
             if is_path and not file.startswith("-") and not (copy / file).exists():
                 raise SystemExit(f"error: {what}: {file} is not in HEAD; commit it or fix the path")
+    settings["also_copy"] = sorted(set(settings.get("also_copy", [])) | set(data_folders(copy)))
     return settings
+
+
+def data_folders(copy: Path) -> list[str]:
+    """The copy's top-level entries that hold no `vap` package (examples/, charts/, docs/, ...).
+    mutmut's own copy (`mutants/`) has only the mutated files and tests/, and tests read these by
+    path from the repo root; the package folders stay out, so that every module but the mutated
+    ones still loads from the work tree (tests/conftest.py's hook)."""
+    pyproject = tomllib.loads((copy / "pyproject.toml").read_text())
+    packages = {Path(folder).parts[0] for folder in pyproject["tool"]["setuptools"]["package-dir"].values()}
+    return [p.name for p in sorted(copy.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and p.name not in packages | {"tests"}]
 
 
 def extract_head(copy: Path) -> None:

@@ -203,9 +203,9 @@ def parse_tracking_uri(value: str) -> str:
         return value
     if value.startswith("sqlite:///"):
         path = value.removeprefix("sqlite:///")
-        if not path.strip("/") or path.endswith("/"):
+        if not path or path.endswith("/"):
             raise RegistryError(f"{_short(value)}: names no database file; use sqlite:///path/to/mlflow.db")
-        return value if path.startswith("/") else f"sqlite:///{Path(path).absolute()}"
+        return f"sqlite:///{Path(path).absolute()}"
     if value == "databricks" or value.startswith("databricks://"):
         return value
     raise RegistryError(f"{_short(value)} is not an MLflow URI; use http://host:port or sqlite:///path.db")
@@ -242,7 +242,7 @@ def _where(loc: tuple) -> str:
 
 def _explain(err: ValidationError, source: str) -> str:
     problems = []
-    for e in err.errors(include_url=False):
+    for e in err.errors():
         where = _where(e["loc"])
         kind = e["type"]
         if kind == "extra_forbidden":
@@ -252,7 +252,8 @@ def _explain(err: ValidationError, source: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"'{where}': {msg} (got {_short(e.get('input'))})")
-    more = f"; and {len(problems) - 5} more problems" if len(problems) > 5 else ""
+    rest = len(problems) - 5
+    more = f"; and {rest} more problem{'s' if rest > 1 else ''}" if rest > 0 else ""
     return f"{source}: invalid job spec: " + "; ".join(problems[:5]) + more
 
 
@@ -283,7 +284,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
                         "save the job spec as UTF-8") from None
     data = _load_yaml(text, path)
-    return parse_spec(apply_overrides(data, overrides) if overrides else data, str(path))
+    return parse_spec(apply_overrides(data, overrides), str(path))
 
 
 def apply_overrides(data: object, overrides: list[str] | tuple[str, ...]) -> object:
@@ -335,23 +336,22 @@ def _load_yaml(text: str, path: Path) -> object:
 
 def _check_expansion(root: yaml.Node, path: Path) -> None:
     """Count the values `root` expands to, each shared (aliased) node once per use."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
+    sizes: dict[int, int] = {}  # finished nodes
+    started: set[int] = set()  # a started node that is not finished yet is being walked: a cycle
 
     def size(node: yaml.Node) -> int:
         key = id(node)
         if key in sizes:
             return sizes[key]
-        if key in active:
+        if key in started:
             raise SpecError(f"{path}: a YAML alias refers to the block that contains it; write the value out")
-        active.add(key)
+        started.add(key)
         n = 1
         if isinstance(node, yaml.SequenceNode):
             n += sum(size(child) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
             n += sum(size(k) + size(v) for k, v in node.value)
-        active.discard(key)
-        sizes[key] = n = min(n, MAX_SPEC_VALUES + 1)
+        sizes[key] = n
         if n > MAX_SPEC_VALUES:
             raise SpecError(f"{path}: YAML anchors/aliases expand to more than {MAX_SPEC_VALUES} values; "
                             "a job spec needs a few dozen: write the values out instead of aliasing them")

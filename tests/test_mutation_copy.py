@@ -112,7 +112,11 @@ def test_the_copy_is_head_with_the_requested_table(tmp_path, capsys):
     mutate_copy.main([str(copy), "--modules", "training/rope.py", "--tests", "tests/test_model_rope.py"])
     head = subprocess.run(["git", "-C", str(REPO), "ls-tree", "-r", "--name-only", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.split()
-    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == sorted(head)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file() and "mutants" not in p.parts) == sorted(head)
+    assert (copy / "mutants" / ".venv" / "bin" / "python").samefile(REPO / ".venv" / "bin" / "python")
+    mutate_copy.extract_head(copy)  # the next run's clean-up removes the link, never what it points to
+    assert not (copy / "mutants").exists() and (REPO / ".venv" / "bin" / "python").is_file()
+    mutate_copy.main([str(copy), "--modules", "training/rope.py", "--tests", "tests/test_model_rope.py"])
     top_level = [d for d in subprocess.run(["git", "-C", str(REPO), "ls-tree", "-d", "--name-only", "HEAD"], check=True,
                                            capture_output=True, text=True).stdout.split() if not d.startswith(".")]
     for name in ("training/rope.py", "tests/test_model_rope.py", "Makefile"):

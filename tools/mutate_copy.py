@@ -80,7 +80,7 @@ def data_folders(copy: Path) -> list[str]:
     pyproject = tomllib.loads((copy / "pyproject.toml").read_text())
     packages = {Path(folder).parts[0] for folder in pyproject["tool"]["setuptools"]["package-dir"].values()}
     return [p.name for p in sorted(copy.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and p.name not in packages | {"tests"}]
+            if p.is_dir() and not p.name.startswith(".") and p.name not in packages | {"tests", "mutants"}]
 
 
 def extract_head(copy: Path) -> None:
@@ -93,6 +93,14 @@ def extract_head(copy: Path) -> None:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
+
+
+def link_venv(copy: Path) -> None:
+    """The work tree's venv inside mutmut's folder (mutants/, where the tests run), for tests that
+    start the CLI by path (REPO/.venv/bin/vap); a link, so mutmut never copies it."""
+    if (REPO / ".venv").is_dir():
+        (copy / "mutants").mkdir(exist_ok=True)
+        (copy / "mutants" / ".venv").symlink_to(REPO / ".venv", target_is_directory=True)
 
 
 def uncommitted(paths: list[str]) -> list[str]:
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tests", default="", help="space-separated tests to run per mutant (TESTS)")
     args = parser.parse_args(argv)
     extract_head(args.dir)
+    link_venv(args.dir)
     settings = settings_for(args.dir, shlex.split(args.modules), shlex.split(args.tests))
     pyproject = args.dir / "pyproject.toml"
     pyproject.write_text(with_table(pyproject.read_text(), settings))

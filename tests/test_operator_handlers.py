@@ -278,6 +278,7 @@ async def test_register_only_with_evaluation_gates_with_those_arguments(api, ope
     await until(lambda: condition(api, "Promoted"))
     promoted = condition(api, "Promoted")
     assert promoted["reason"] == "Registered" and "@champion not moved" in promoted["message"]
+    await until(lambda: "Registered" in event_reasons(api))
 
 
 async def test_failed_training_is_never_gated(api, operator):
@@ -288,6 +289,8 @@ async def test_failed_training_is_never_gated(api, operator):
                                                       "message": "worker OOMKilled"})
     await until(lambda: condition(api, "Promoted"))
     assert condition(api, "Promoted")["reason"] == "RunFailed" and "OOMKilled" in condition(api, "Promoted")["message"]
+    await until(lambda: any(e["reason"] == "RunFailed" and e["type"] == "Warning" and "OOMKilled" in e["message"]
+                            for e in objects(api, EVENTS)))
     await settle()
     assert objects(api, JOBS) == []
 

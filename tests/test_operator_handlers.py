@@ -1,6 +1,8 @@
 """The real kopf operator (`vap.operators.handlers`) against an in-memory Kubernetes API (kmock),
 with an injected clock: ticks fire, runs are followed to their gate, concurrency policies,
-restarts, suspend, the data trigger, pruning and a malformed schedule.
+restarts and downtime, suspend, the data trigger, pruning, a malformed schedule, a job spec from
+a ConfigMap and the liveness probe (a dead watch stream is a muted one). Every request the
+operator makes is checked against the chart's operator Role (`api` fixture).
 
 kmock stores and serves objects but is no API server: it assigns no uid, creationTimestamp or
 generation (`ApiServer` below does, as the API server would), ignores label selectors (the

@@ -9,13 +9,14 @@ P2  platform samples/s (`vap train`: Ray Train, 2 workers, DeepSpeed ZeRO-3 over
     for those cores — the ratio says what ZeRO-3's gathers and reduce-scatters over gloo cost here.
     `P2.breakdown` splits the gap into stages run side by side: the bare loop, the ZeRO-3 engine
     on 1 and on 2 gloo ranks (plain processes), the same 2-rank loop as the train function of a
-    Ray Train `TorchTrainer` (Ray's share), and the platform (its own share).
+    Ray Train `TorchTrainer` (Ray's share; alternated with the plain 2-rank loop `--rounds`
+    times, the median round kept), and the platform (its own share).
 P5  checkpoint bytes ÷ trainable-state bytes (goal ≈ 1.0): the DeepSpeed state a committed
     checkpoint stores (all ranks' ZeRO partitions, the model-states file, frozen backbone
     excluded) ÷ fp32 expert parameters + AdamW's two moments (12 bytes a parameter). The
     serving copy of the expert (`expert/`, 4 bytes a parameter) is reported separately.
 
-    .venv/bin/python benchmarks/bench_train.py [--quick] [--steps 12]
+    .venv/bin/python benchmarks/bench_train.py [--quick] [--steps 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def zero_loop(spec, world: int, steps: int, work: Path, persistence: int | None 
     return ms | {"samples_per_s": spec.trainer.batch_size * world * 1e3 / ms["total"]}
 
 
-def ray_loop(spec, steps: int, work: Path) -> dict:
+def ray_loop(spec, steps: int, work: Path, name: str = "bench-ray") -> dict:
     """`zero_rank` as the train function of a Ray Train `TorchTrainer` (2 workers, gloo): what
     Ray's worker processes and process group cost, before any of the platform's own worker code
     (step metrics, MLflow, checkpoints). Ray is left running for the platform's run after it."""
@@ -212,7 +213,7 @@ def ray_loop(spec, steps: int, work: Path) -> dict:
 
     from vap.training.trainer import _ensure_ray
 
-    out, here = work / "zero-ray.json", str(Path(__file__).parent)
+    out, here = work / f"{name}.json", str(Path(__file__).parent)
 
     def loop(config: dict) -> None:
         import sys
@@ -229,10 +230,24 @@ def ray_loop(spec, steps: int, work: Path) -> dict:
                                           "out": str(out), "here": here},
                  scaling_config=ScalingConfig(num_workers=spec.trainer.workers),
                  torch_config=TorchConfig(backend="gloo"),
-                 run_config=RunConfig(name="bench-ray", storage_path=str(work / "ray-runs"),
+                 run_config=RunConfig(name=name, storage_path=str(work / "ray-runs"),
                                       worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})).fit()
     ms = json.loads(out.read_text())
     return ms | {"samples_per_s": spec.trainer.batch_size * spec.trainer.workers * 1e3 / ms["total"]}
+
+
+def ray_rounds(spec, steps: int, work: Path, rounds: int) -> tuple[dict, dict, list[float]]:
+    """The plain 2-rank loop and the Ray Train one, alternately `rounds` times: other work on
+    the cores drifts over minutes, so one pair alone can put either side ahead. Returns the pair
+    of the round with the median Ray ÷ plain ratio, and every round's ratio."""
+    pairs = [(zero_loop(spec, 2, steps, work), ray_loop(spec, steps, work, name=f"bench-ray-{i}"))
+             for i in range(rounds)]
+    ratios = [ray["samples_per_s"] / plain["samples_per_s"] for plain, ray in pairs]
+    for (plain, ray), ratio in zip(pairs, ratios, strict=True):
+        log.info("2 ranks: plain %.2f samples/s, Ray Train %.2f (×%.3f)", plain["samples_per_s"],
+                 ray["samples_per_s"], ratio)
+    median = sorted(range(rounds), key=ratios.__getitem__)[rounds // 2]
+    return *pairs[median], [round(x, 3) for x in ratios]
 
 
 def breakdown(bare: dict, zero1: dict, zero2: dict, ray2: dict, platform_samples_per_s: float) -> dict:
@@ -268,6 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="6 steps")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the plain and the Ray 2-rank loop")
     args = parser.parse_args()
     steps = 6 if args.quick else args.steps
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -282,15 +298,15 @@ def main() -> None:
         spec = make_world(work, steps)
         bare = bare_loop(spec, steps, work)
         zero1 = zero_loop(spec, 1, steps, work)
-        zero2 = zero_loop(spec, 2, steps, work)
         # DeepSpeed's default threshold (1e5 elements): at this size every parameter stays whole
         zero2_persistent = zero_loop(spec, 2, steps, work, persistence=100_000)
-        ray2 = ray_loop(spec, steps, work)
+        zero2, ray2, ray_ratios = ray_rounds(spec, steps, work, args.rounds)
         result = train(spec, progress=False)
         history = Registry(spec.registry.tracking_uri, spec.registry.model_name).metric_history(
             result.run_id, "samples_per_s")
         platform = statistics.median(v for s, v in sorted(history) if s > 1)
         gap = breakdown(bare, zero1, zero2, ray2, platform)
+        gap["ray_train_per_round"] = ray_ratios
         gap["zero3_2_ranks_persistent_params"] = {
             "samples_per_s": round(zero2_persistent["samples_per_s"], 3),
             "ms_per_step": {k: round(v, 3) for k, v in zero2_persistent.items() if k in (*PHASES, "total")},

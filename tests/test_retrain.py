@@ -213,3 +213,40 @@ def test_gate_only_cli_exits_3_when_refused_as_the_operator_reads_it(spec, world
     assert passed.exit_code == 0 and passed.stdout.startswith("registered: job nightly"), passed.output
     bad = CliRunner().invoke(app, ["retrain", "--config", str(config), "--gate-only", "--eval-pairs", "0"])
     assert bad.exit_code == 2 and "--eval-pairs" in bad.output
+
+
+@pytest.mark.slow
+def test_the_real_cycle_builds_trains_and_gates_once_per_snapshot(ray_cluster, tiny_backbones, tmp_path):
+    """`retrain` with its real build (`vap data build`) and trainer (Ray Train × DeepSpeed) on a
+    tiny backbone, as `make retrain-demo` runs it: what the recorders above stand in for fits."""
+    from vap.datasets.synth import synthesize
+
+    spec = parse_spec({
+        "name": "cycle",
+        "model": {"family": "cogvideox", "backbone": str(tiny_backbones["cogvideox"]), "expert": {"blocks": "all"}},
+        "data": {"source": str(tmp_path / "raw"), "shards": str(tmp_path / "shards"), "frames": 9, "fps": 8,
+                 "height": 32, "width": 32},
+        "trainer": {"workers": 1, "steps": 2, "checkpoint_every": 2, "lr": 1e-3, "caption_dropout": 0.0},
+        "storage": {"uri": str(tmp_path / "runs")},
+        "registry": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "model_name": "cycle-expert"},
+    })
+    synthesize(spec.data.source, conditions_per_category=2, clips_per_condition=3, frames=17, fps=8, size=32)
+    first = retrain(spec)
+    assert (first.decision, first.data_changed, first.trained) == ("promoted", True, True)
+    assert first.job == job_name("cycle", "cycle-expert", first.snapshot)
+    again = retrain(spec)  # nothing new: the same snapshot and job, not trained again
+    assert (again.decision, again.data_changed, again.trained) == ("unchanged", False, False)
+    assert (again.snapshot, again.job, again.version) == (first.snapshot, first.job, first.version)
+    registry = Registry(spec.registry.tracking_uri, "cycle-expert")
+    assert registry.version_of("champion") == first.version
+    assert [e["decision"] for e in registry.history()] == ["promoted"]
+
+    import shutil
+
+    synthesize(str(tmp_path / "day2"), conditions_per_category=2, clips_per_condition=3, frames=17, fps=8, size=32, seed=1)
+    shutil.rmtree(tmp_path / "raw")
+    shutil.copytree(tmp_path / "day2", tmp_path / "raw")  # new data arrives at the same source
+    new = retrain(spec)
+    assert (new.data_changed, new.trained) == (True, True) and new.snapshot != first.snapshot and new.job != first.job
+    assert new.decision in ("promoted", "refused") and new.version != first.version  # the gate decided
+    assert [e["decision"] for e in registry.history()] == ["promoted", new.decision]

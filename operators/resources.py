@@ -74,7 +74,8 @@ def gate_job(rayjob: dict, policy: str, evaluation: dict | None = None) -> dict:
     `vap retrain --gate-only` in the run's head pod template: the one that mounts the job spec at
     /etc/vap and carries the storage and MLflow credentials (the submitter's carries neither).
     `evaluation` (the schedule's spec.evaluation: pairs, split, resources) adds `vap eval` of the
-    version first; its `resources` replace the head's for that pod.
+    version first; its `resources` replace the head's for that pod, and a GPU among them places
+    the pod as the run's workers are (their nodeSelector and tolerations).
     Exit code GATE_REFUSED_EXIT fails the Job at once (podFailurePolicy) and says "refused"."""
     pod = copy.deepcopy(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"])
     pod["metadata"].setdefault("labels", {})["vap-platform/role"] = "gate"
@@ -86,8 +87,16 @@ def gate_job(rayjob: dict, policy: str, evaluation: dict | None = None) -> dict:
         container.pop(ray_only, None)
     if evaluation:
         container["command"] += ["--eval-pairs", str(evaluation["pairs"]), "--eval-split", evaluation.get("split", "val")]
-        if evaluation.get("resources"):
-            container["resources"] = copy.deepcopy(evaluation["resources"])
+        resources = evaluation.get("resources")
+        if resources:
+            container["resources"] = copy.deepcopy(resources)
+        if any("nvidia.com/gpu" in (resources or {}).get(k, {}) for k in ("requests", "limits")):
+            # a GPU pod goes where the run's GPU workers go: their node pool and its taints
+            worker = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+            for placement in ("nodeSelector", "tolerations"):
+                pod["spec"].pop(placement, None)
+                if placement in worker:
+                    pod["spec"][placement] = copy.deepcopy(worker[placement])
     pod["spec"]["restartPolicy"] = "Never"
     name = gate_job_name(rayjob["metadata"]["name"])
     labels = {k: v for k, v in rayjob["metadata"].get("labels", {}).items()

@@ -62,3 +62,20 @@ def test_run_objects_are_the_train_charts_with_owner_and_tick():
     assert container["resources"] == gpu
     assert r.gate_job(rayjob, "RegisterOnly", {"pairs": 2})["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
         "--eval-split", "val"]
+
+
+def test_an_evaluating_gate_on_a_gpu_goes_where_the_gpu_workers_go():
+    job_spec = yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())
+    pools = {"workers": {"replicas": 1, "gpusPerPod": 8, "nodeSelector": {"pool": "a100"},
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+             "head": {"nodeSelector": {"pool": "cpu"}}}
+    schedule = {**SCHEDULE, "spec": {"values": pools}}
+    objects = r.run_objects(schedule, job_spec, r.run_name("nightly", TICK), "schedule", TICK)
+    rayjob = next(o for o in objects if o["kind"] == "RayJob")
+    rayjob["metadata"]["uid"] = "uid-rayjob"
+    gpu = {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 1}}
+    on_gpu = r.gate_job(rayjob, "PromoteIfGatePasses", {"pairs": 8, "resources": gpu})["spec"]["template"]["spec"]
+    kube.validate([r.gate_job(rayjob, "PromoteIfGatePasses", {"pairs": 8, "resources": gpu})])
+    assert on_gpu["nodeSelector"] == {"pool": "a100"} and on_gpu["tolerations"] == pools["workers"]["tolerations"]
+    on_cpu = r.gate_job(rayjob, "PromoteIfGatePasses", {"pairs": 8})["spec"]["template"]["spec"]
+    assert on_cpu["nodeSelector"] == {"pool": "cpu"} and "tolerations" not in on_cpu  # the head's

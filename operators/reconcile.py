@@ -61,6 +61,9 @@ def spec_problems(spec: dict) -> list[str]:
                             "or leave evaluation out")
         if split not in EVAL_SPLITS:
             problems.append(f"evaluation.split {split!r} is unknown: use one of {', '.join(EVAL_SPLITS)}")
+        deadline = (evaluation or {}).get("activeDeadlineSeconds", 60)
+        if not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 60:
+            problems.append(f"evaluation.activeDeadlineSeconds {deadline!r}: give the gate Job's deadline in seconds (≥ 60)")
     return problems
 
 

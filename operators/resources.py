@@ -24,6 +24,7 @@ TRIGGER_LABEL = f"{GROUP}/trigger"  # schedule | data
 TICK_ANNOTATION = f"{GROUP}/tick"  # the tick (UTC, ISO 8601) a scheduled run is for
 GATE_REFUSED_EXIT = 3  # `vap retrain --gate-only` exits with it when the gate refuses the candidate
 POLICIES = {"RegisterOnly": "register", "PromoteIfGatePasses": "promote"}
+GATE_DEADLINE_S = 3600  # the gate Job's activeDeadlineSeconds unless spec.evaluation sets it
 
 
 def _prefix(schedule: str) -> str:
@@ -73,7 +74,7 @@ def gate_job(rayjob: dict, policy: str, evaluation: dict | None = None) -> dict:
     """The batch Job that evaluates a succeeded run and registers or promotes it, running
     `vap retrain --gate-only` in the run's head pod template: the one that mounts the job spec at
     /etc/vap and carries the storage and MLflow credentials (the submitter's carries neither).
-    `evaluation` (the schedule's spec.evaluation: pairs, split, resources) adds `vap eval` of the
+    `evaluation` (the schedule's spec.evaluation: pairs, split, resources, activeDeadlineSeconds) adds `vap eval` of the
     version first; its `resources` replace the head's for that pod, and a GPU among them places
     the pod as the run's workers are (their nodeSelector and tolerations).
     Exit code GATE_REFUSED_EXIT fails the Job at once (podFailurePolicy) and says "refused"."""
@@ -108,7 +109,7 @@ def gate_job(rayjob: dict, policy: str, evaluation: dict | None = None) -> dict:
                      "ownerReferences": [owner_reference(rayjob)]},
         "spec": {
             "backoffLimit": 2,
-            "activeDeadlineSeconds": 3600,
+            "activeDeadlineSeconds": (evaluation or {}).get("activeDeadlineSeconds", GATE_DEADLINE_S),
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
                 "containerName": "gate", "operator": "In", "values": [GATE_REFUSED_EXIT]}}]},
             "template": pod,

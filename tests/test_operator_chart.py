@@ -62,7 +62,7 @@ GOOD = {"apiVersion": r.API_VERSION, "kind": r.KIND, "metadata": {"name": "night
     ({"catchUp": "Everything"}, "catchUp"), ({"promotion": "Always"}, "promotion"),
     ({"maxCatchUpRuns": 0}, "maxCatchUpRuns"), ({"successfulRunsHistoryLimit": -1}, "successfulRunsHistoryLimit"),
     ({"evaluation": {"pairs": 0}}, "evaluation"), ({"evaluation": {"pairs": 4, "split": "train"}}, "evaluation"),
-    ({"evaluation": {"split": "val"}}, "evaluation")])
+    ({"evaluation": {"split": "val"}}, "evaluation"), ({"evaluation": {"pairs": 4, "activeDeadlineSeconds": 5}}, "evaluation")])
 def test_crd_schema_refuses_malformed_schedules(objects, change, where):
     validator = jsonschema.Draft4Validator(_schema(objects))
     validator.validate(GOOD)

@@ -448,8 +448,10 @@ async def test_other_schedules_runs_are_not_adopted(api, operator):
                                          ({"jobSpec": {**JOB_SPEC, "storage": {"uri": "/tmp/runs"}}}, "storage.uri"),
                                          ({"jobSpecFrom": {"configMapKeyRef": {"name": "retrain-spec"}}},
                                           "both jobSpec and jobSpecFrom: keep one"),
-                                         ({"evaluation": {"pairs": 0}}, "evaluation.pairs 0")],
-                         ids=["cron", "policy", "job-spec", "two-job-specs", "evaluation"])
+                                         ({"evaluation": {"pairs": 0}}, "evaluation.pairs 0"),
+                                         ({"evaluation": {"pairs": 2, "activeDeadlineSeconds": "1h"}},
+                                          "evaluation.activeDeadlineSeconds '1h'")],
+                         ids=["cron", "policy", "job-spec", "two-job-specs", "evaluation", "gate-deadline"])
 async def test_a_malformed_schedule_is_reported_and_creates_nothing(api, operator, spec, needle):
     create_schedule(api, **spec)
     api.now = T0 + timedelta(minutes=1, seconds=10)

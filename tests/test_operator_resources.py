@@ -59,7 +59,9 @@ def test_run_objects_are_the_train_charts_with_owner_and_tick():
     kube.validate([evaluating])
     [container] = evaluating["spec"]["template"]["spec"]["containers"]
     assert container["command"][-7:] == ["--gate-only", "--policy", "promote", "--eval-pairs", "8", "--eval-split", "unseen"]
-    assert container["resources"] == gpu
+    assert container["resources"] == gpu and gate["spec"]["activeDeadlineSeconds"] == r.GATE_DEADLINE_S
+    longer = r.gate_job(rayjob, "PromoteIfGatePasses", {"pairs": 800, "activeDeadlineSeconds": 6 * 3600})
+    assert longer["spec"]["activeDeadlineSeconds"] == 6 * 3600
     assert r.gate_job(rayjob, "RegisterOnly", {"pairs": 2})["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
         "--eval-split", "val"]
 

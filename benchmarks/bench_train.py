@@ -193,7 +193,8 @@ def zero_loop(spec, world: int, steps: int, work: Path, persistence: int | None 
             f"open({str(out)!r}, 'w').write(json.dumps(r)) if {{rank}} == 0 else None")
     procs = [subprocess.Popen([sys.executable, "-c", code.format(rank=r), spec.model_dump_json()],
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),
-                                   "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu"},
+                                   "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu",
+                                   "OMP_NUM_THREADS": "1"},  # what Ray gives each 1-CPU worker
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for r in range(world)]
     errors = [p.communicate()[1] for p in procs]

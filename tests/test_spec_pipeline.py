@@ -59,6 +59,24 @@ def test_a_bfloat16_vae_gets_its_own_dtype(tiny_backbones):
     torch.testing.assert_close(got, want, rtol=0, atol=0.1)
 
 
+def test_frames_given_as_pil_images_or_arrays_are_the_video_itself(pipe):
+    """A reference as a list of frames: RGBA PIL images (as a GIF or PNG decodes) are converted to
+    RGB, arrays are taken as they are; both generate what the uint8 array does."""
+    from PIL import Image
+
+    def latents(reference, image=IMAGE):
+        return pipe(image, "a cat", reference, "a dog", num_inference_steps=1, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).latents
+
+    want = latents(REFERENCES[0])
+    opaque = np.concatenate([REFERENCES[0], np.full((*REFERENCES[0].shape[:3], 1), 255, np.uint8)], -1)
+    rgba = [Image.fromarray(frame, "RGBA") for frame in opaque]
+    torch.testing.assert_close(latents(rgba), want, rtol=0, atol=0)
+    torch.testing.assert_close(latents(list(REFERENCES[0])), want, rtol=0, atol=0)
+    torch.testing.assert_close(latents(REFERENCES[0], Image.fromarray(np.concatenate(
+        [IMAGE, np.full((32, 32, 1), 255, np.uint8)], -1), "RGBA")), want, rtol=0, atol=0)
+
+
 def test_a_pipeline_runs_on_the_device_it_is_given_and_the_cpu_by_default(pipe):
     assert pipe.device == torch.device("cpu")
     assert VAPPipeline(pipe.transformer, pipe.encoder, pipe.scheduler).device == torch.device("cpu")

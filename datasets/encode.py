@@ -78,7 +78,7 @@ def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, 
                 t = float(frame.time if frame.time is not None else 0.0)
                 start = t if start is None else start
                 t -= start
-                while prev is not None and n < frames and wanted[n] < t - 1e-6:
+                while n < frames and wanted[n] < t - 1e-6:  # never before the first frame: wanted ≥ 0 = its t
                     out[n], n = _scaled(prev, height, width), n + 1
                 if n == frames:
                     break
@@ -123,7 +123,8 @@ def resize_crop(video: np.ndarray, height: int, width: int) -> np.ndarray:
     x = torch.from_numpy(video).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     x = x[:, :, top:top + height, left:left + width]
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    # (antialiased) bilinear weights are non-negative and sum to 1: no value leaves [0, 255]
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def to_model_input(video: np.ndarray) -> torch.Tensor:
@@ -146,6 +147,15 @@ def load_component(path: str, name: str, dtype: torch.dtype):
     return cls.from_pretrained(path, subfolder=name)
 
 
+def wants_tiling(vae) -> bool:
+    """49 frames at 480×720 do not fit through the VAE at once; tiles only apply above ~256 px,
+    as in the families' fine-tuning scripts. diffusers sizes CogVideoX's tiles from the config's
+    sample size: a VAE built for small clips (the toy's 32 px → 16 px tiles, 4 latent pixels)
+    would be tiled with overlaps that round to wrong latent sizes, so it runs untiled (a VAE
+    that has no tile sizes counts as 256 px)."""
+    return min(getattr(vae, "tile_sample_min_height", 256), getattr(vae, "tile_sample_min_width", 256)) >= 128
+
+
 class ClipEncoder:
     """The family's VAE, text encoder and tokenizer (and Wan's CLIP image encoder), frozen.
 
@@ -158,7 +168,7 @@ class ClipEncoder:
     default_text_len = 226
 
     def __init__(self, vae, text_encoder, tokenizer, *, text_len: int, image_encoder=None,
-                 image_processor=None, device: str = "cpu"):
+                 image_processor=None, device: str):
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.image_encoder, self.image_processor = image_encoder, image_processor
         self.text_len, self.device = text_len, torch.device(device)
@@ -184,13 +194,8 @@ class ClipEncoder:
         for m in parts.values():
             if isinstance(m, torch.nn.Module):
                 m.to(device).eval().requires_grad_(False)
-        # 49 frames at 480×720 do not fit through the VAE at once; tiles only apply above ~256 px,
-        # as in the families' fine-tuning scripts. diffusers sizes CogVideoX's tiles from the config's
-        # sample size: a VAE built for small clips (the toy's 32 px → 16 px tiles, 4 latent pixels)
-        # would be tiled with overlaps that round to wrong latent sizes, so it runs untiled.
-        vae = parts["vae"]
-        if getattr(vae, "tile_sample_min_height", 256) >= 128 and getattr(vae, "tile_sample_min_width", 256) >= 128:
-            vae.enable_tiling()
+        if wants_tiling(parts["vae"]):
+            parts["vae"].enable_tiling()
         return sub(text_len=text_len, device=device, **parts)
 
     @classmethod

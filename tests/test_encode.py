@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from vap.datasets.encode import ClipEncoder, clip_duration, read_clip, resize_crop
+from vap.datasets.encode import (
+    ClipEncoder,
+    _cover,
+    clip_duration,
+    load_component,
+    read_clip,
+    resize_crop,
+    sample_times,
+    wants_tiling,
+)
 from vap.datasets.synth import encode_mp4
-from vap.errors import DataError
+from vap.errors import DataError, ModelError
 
 
 def ramp_clip(frames: int, fps: float, h: int = 32, w: int = 32) -> bytes:
@@ -128,3 +139,153 @@ def test_a_vae_built_for_small_clips_encodes_them_whole():
         want = (vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)[0].numpy()
     assert cols["latent"].shape == want.shape == (vae.config.latent_channels, 3, 8, 8)
     np.testing.assert_allclose(cols["latent"].astype(np.float32), want, atol=2e-3)
+
+
+# --- exact behaviour (each expectation worked out by hand) -------------------------------------
+
+def av_clip(fmt: str = "mp4", frames: int = 12, fps: int = 8, first_pts: int = 0, sound: bool = False) -> bytes:
+    """`ramp_clip`'s levels in other containers: Matroska and MPEG-TS keep no frame count, `first_pts`
+    starts the video late, `sound` adds an AAC track (longer than the video) before the video's."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as c:
+        audio = c.add_stream("aac", rate=8000) if sound else None
+        video = c.add_stream("libx264", rate=fps)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts = first_pts + i
+            c.mux(video.encode(frame))
+        c.mux(video.encode())
+        if audio is not None:
+            tone = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+            tone.sample_rate, tone.pts = 8000, 0
+            c.mux(audio.encode(tone))
+            c.mux(audio.encode())
+    return buf.getvalue()
+
+
+def test_sample_times_by_window():
+    # evenly (the default): 2 s at 8 fps is 16 frames on screen; 5 of them spread over 0..15 and
+    # rounded half to even: 0, 3.75, 7.5, 11.25, 15 → 0, 4, 8, 11, 15
+    np.testing.assert_array_equal(sample_times(5, 8, 2.0), np.array([0, 4, 8, 11, 15]) / 8)
+    np.testing.assert_array_equal(sample_times(4, 8, 10.0, "head"), np.arange(4) / 8)  # head ignores the duration
+    np.testing.assert_array_equal(sample_times(4, 8, None, "evenly"), np.arange(4) / 8)
+    with pytest.raises(DataError) as err:
+        sample_times(4, 8, 1.0, "middle")
+    assert str(err.value) == "time window 'middle' is not known; use one of ['evenly', 'head']"
+
+
+@pytest.mark.parametrize("fmt", ["matroska", "mpegts"])
+def test_duration_without_a_frame_count_comes_from_the_container(fmt):
+    assert clip_duration(av_clip(fmt)) == pytest.approx(12 / 8)
+
+
+def test_duration_is_the_videos_not_a_longer_sound_tracks():
+    assert clip_duration(av_clip(sound=True)) == pytest.approx(12 / 8)  # the audio lasts 2 s
+
+
+def test_a_clip_with_a_sound_track_reads_as_its_video():
+    video = read_clip(av_clip(sound=True), frames=5, fps=8, height=16, width=16, window="head")
+    assert levels(video) == [0, 1, 2, 3, 4]
+
+
+def test_a_clip_that_starts_late_is_read_from_its_first_frame():
+    data = av_clip(first_pts=16)  # the first frame is shown at 2 s
+    assert levels(read_clip(data, frames=5, fps=8, height=16, width=16, window="head")) == [0, 1, 2, 3, 4]
+    assert levels(read_clip(data, frames=4, fps=8, height=16, width=16)) == [0, 4, 7, 11]  # 0..11 evenly
+
+
+def test_read_clip_passes_its_window_and_gives_uint8():
+    data = ramp_clip(24, fps=8)  # 3 s
+    head = read_clip(data, frames=3, fps=8, height=16, width=16, window="head")
+    assert head.dtype == np.uint8 and levels(head) == [0, 1, 2]
+    assert levels(read_clip(data, frames=3, fps=8, height=16, width=16)) == [0, 12, 23]
+
+
+def test_a_short_clip_is_exactly_this_line():
+    with pytest.raises(DataError) as err:
+        read_clip(ramp_clip(8, fps=8), frames=17, fps=8, height=16, width=16)
+    assert str(err.value) == ("clip: 1.00s long, 17 frames at 8 fps need more than 2.00s; "
+                              "use longer clips or lower data.frames / raise data.fps")
+    with pytest.raises(DataError, match=r"^clip: cannot decode \("):
+        read_clip(b"not a video", frames=2, fps=8, height=16, width=16)
+
+
+@pytest.mark.parametrize(("h", "w", "want"), [
+    (100, 50, ((64, 32), 16, 0)),   # scale 0.64 (width decides): 64×32, rows 16..47 kept
+    (50, 100, ((32, 64), 0, 16)),
+    (96, 32, ((96, 32), 32, 0)),    # already as wide: only cropped
+    (10, 10, ((32, 32), 0, 0)),     # upscaled ×3.2
+])
+def test_cover_closed_form(h, w, want):
+    assert _cover(h, w, 32, 32) == want
+
+
+def test_resize_crop_crops_the_centre_of_a_frame_already_covering():
+    video = np.random.default_rng(0).integers(0, 256, (2, 4, 8, 3), dtype=np.uint8)
+    out = resize_crop(video, 4, 4)  # 4×8 covers 4×4 as it is: columns 2..5
+    assert out.dtype == np.uint8 and np.array_equal(out, video[:, :, 2:6])
+
+
+def test_resize_crop_is_antialiased_bilinear_with_half_pixel_centres():
+    # halving a step 0,0,0,0,255,255,255,255: an antialiased output pixel at source x = 2.5 weighs
+    # source pixels 1..4 by the triangle 1 - |d|/2 (0.25, 0.75, 0.75, 0.25), normalised by their sum
+    # 2: 255·0.25/2 = 31.9 → 32; plain bilinear would give 0, 0, 255, 255
+    row = np.array([0, 0, 0, 0, 255, 255, 255, 255], np.uint8)
+    video = np.repeat(np.repeat(row[None, None, :, None], 2, 1), 3, 3)  # [1, 2, 8, 3]
+    assert resize_crop(video, 1, 4)[0, 0, :, 0].tolist() == [0, 32, 223, 255]
+    # doubling 0, 100: half-pixel centres sample 0, 0.25, 0.75, 1 → 0, 25, 75, 100 (corners aligned: 33, 67)
+    video = np.repeat(np.array([0, 100], np.uint8)[None, None, :, None], 3, 3)  # [1, 1, 2, 3]
+    assert resize_crop(video, 2, 4)[0, 0, :, 0].tolist() == [0, 25, 75, 100]
+
+
+def test_frames_are_area_averaged_to_the_output_size():
+    # a 2×2 checkerboard of 0 / 200 at 64×64, read at 16×16: each output pixel averages a 4×4 block = 100
+    board = (np.indices((64, 64)).sum(0) % 2 * 200).astype(np.uint8)
+    video = np.repeat(board[None, :, :, None], 3, 3).repeat(4, 0)
+    out = read_clip(encode_mp4(video, 8), frames=2, fps=8, height=16, width=16, window="head")
+    assert out.shape == (2, 16, 16, 3) and abs(float(out.mean()) - 100) < 6 and out.std() < 8
+
+
+def test_load_component_loads_in_the_dtype_asked(tiny_backbones):
+    path = str(tiny_backbones["cogvideox"])
+    for name in ("vae", "text_encoder"):  # a diffusers and a transformers class
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # the library's current keyword, not a deprecated one
+            part = load_component(path, name, torch.float16)
+        dtypes = [p.dtype for p in part.parameters()]  # (T5 keeps its feed-forward `wo` in float32)
+        assert dtypes.count(torch.float16) > len(dtypes) / 2
+
+
+def test_loaded_encoders_are_frozen(encoders):
+    for enc in encoders.values():
+        for part in (enc.vae, enc.text_encoder, enc.image_encoder):
+            if part is not None:
+                assert not part.training and not any(p.requires_grad for p in part.parameters())
+
+
+def test_an_unloadable_backbone_is_one_line(tmp_path):
+    with pytest.raises(ModelError) as err:
+        ClipEncoder.from_pretrained("cogvideox", tmp_path)
+    assert str(err.value).startswith(f"{tmp_path}: cannot load the cogvideox encoders (")
+    assert str(err.value).endswith("); point model.backbone at a diffusers cogvideox I2V repo")
+
+
+@pytest.mark.parametrize(("height", "width", "tiled"), [(256, 256, True), (128, 128, True), (127, 256, False),
+                                                        (256, 127, False), (16, 16, False), (None, None, True)])
+def test_only_vaes_for_large_clips_are_tiled(height, width, tiled):
+    from types import SimpleNamespace
+
+    sizes = {} if height is None else {"tile_sample_min_height": height, "tile_sample_min_width": width}
+    assert wants_tiling(SimpleNamespace(**sizes)) is tiled
+
+
+def test_the_frame_count_advice_is_the_two_nearest_counts(encoders):
+    with pytest.raises(DataError) as err:
+        encoders["cogvideox"].check_frames(12)
+    assert str(err.value) == "data.frames = 12: the cogvideox VAE needs 4k+1 frames; use 9 or 13"

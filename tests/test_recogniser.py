@@ -14,8 +14,8 @@ from vap.evaluation.recogniser import (
 )
 
 # Synth seed 7: training drew seed 1 (RECIPE["seed"]); its own held-out report (the same seed,
-# later clips) measured 97.9 % clean and 97.4 % blurred (weights/recogniser.json). 48 clips give
-# steps of ~2 %: the floor leaves room for a clip or three of another scene draw.
+# later clips) measured 97.9 % clean, 98.4 % blurred and 96.4 % on toy-VAE round trips
+# (weights/recogniser.json). 48 clips give steps of ~2 %: the floor leaves room for a clip or three of another scene draw.
 FLOOR = 0.90
 
 
@@ -34,6 +34,17 @@ def test_the_shipped_recogniser_names_held_out_clips(rec, held_out):
     report = accuracy_report(rec, clips, labels)
     assert report["overall"] >= FLOOR, report
     assert min(report["per_category"].values()) >= 0.75, report
+
+
+def test_the_shipped_recogniser_names_toy_vae_round_trips(rec, held_out):
+    """What `vap eval` judges is decoded by the toy VAE: the judge must read its round trips.
+    On these 48: 89.6 % (motion 83 %); the judge trained without round trips named 60 % (motion 42 %)."""
+    from vap.evaluation.recogniser import toy_roundtrip
+
+    clips, labels = held_out
+    report = accuracy_report(rec, toy_roundtrip(clips), labels)
+    assert report["overall"] >= 0.80, report
+    assert report["per_category"]["motion"] >= 0.70, report
 
 
 def test_the_api_others_code_against(rec, held_out):

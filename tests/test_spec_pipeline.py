@@ -5,10 +5,13 @@ alone, concatenated by hand; the float32 VAE's run."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
+from vap.errors import DataError
 from vap.training.pipeline import VAPPipeline
 
 RNG = np.random.default_rng(0)
@@ -75,6 +78,23 @@ def test_frames_given_as_pil_images_or_arrays_are_the_video_itself(pipe):
     torch.testing.assert_close(latents(list(REFERENCES[0])), want, rtol=0, atol=0)
     torch.testing.assert_close(latents(REFERENCES[0], Image.fromarray(np.concatenate(
         [IMAGE, np.full((32, 32, 1), 255, np.uint8)], -1), "RGBA")), want, rtol=0, atol=0)
+
+
+VIDEO = "a video is uint8 [frames, height, width, 3]; got "
+FIRST = "the first frame is a uint8 [height, width, 3] image; got "
+
+
+@pytest.mark.parametrize(("image", "reference", "message"), [
+    (IMAGE, REFERENCES[0].astype(np.float32), VIDEO + "float32 (9, 32, 32, 3)"),  # right shape, not uint8
+    (IMAGE, REFERENCES[0][0], VIDEO + "uint8 (32, 32, 3)"),  # one image for a video
+    (IMAGE, REFERENCES[0][..., :2], VIDEO + "uint8 (9, 32, 32, 2)"),
+    (IMAGE.astype(np.float32), REFERENCES[0], FIRST + "float32 (32, 32, 3)"),
+    (IMAGE[None], REFERENCES[0], FIRST + "uint8 (1, 32, 32, 3)"),  # a video for the first frame
+    (IMAGE[..., :2], REFERENCES[0], FIRST + "uint8 (32, 32, 2)"),
+], ids=["float-video", "image-as-video", "2-channel-video", "float-image", "video-as-image", "2-channel-image"])
+def test_a_bad_image_or_video_is_refused_naming_what_it_got(pipe, image, reference, message):
+    with pytest.raises(DataError, match="^" + re.escape(message) + "$"):
+        pipe(image, "a cat", reference, "a dog", num_inference_steps=1, output_type="latent")
 
 
 def test_a_pipeline_runs_on_the_device_it_is_given_and_the_cpu_by_default(pipe):

@@ -1,7 +1,9 @@
 """A worker SIGKILLed in the middle of a checkpoint upload, at trainer level, against a real local
 Ray cluster, DeepSpeed ZeRO-3 on 2 ranks and S3 (moto) behind the fault proxy: the half-uploaded
 checkpoint is never restored — the restarted workers resume from the committed one before it, the
-run ends bitwise equal to an uninterrupted one, and only committed checkpoints are left."""
+run ends bitwise equal to an uninterrupted one, and only committed checkpoints are left. A store
+that refuses every write of a checkpoint stops the run with one StorageError line, the run
+FAILED, the checkpoint before it committed and whole."""
 
 from __future__ import annotations
 
@@ -79,3 +81,28 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
     registry = Registry(db, "upload-killed-expert")
     assert sorted(s for s, _ in registry.metric_history(result.run_id, "loss")) == list(range(1, STEPS + 1))
     assert [(s, ok) for s, _, ok in ckpt.checkpoints(job)] == [(EVERY, True), (STEPS, True)]
+
+
+def test_an_upload_that_keeps_failing_stops_the_run_with_one_line(
+        ray_cluster, world, s3_server, s3_bucket, monkeypatch, tmp_path):  # noqa: F811
+    from vap.errors import StorageError
+    from vap.training.trainer import job_root, train
+
+    root, backbone = world
+    db = f"sqlite:///{root}/mlflow-upload-fails.db"
+    spec = _spec(root, "upload-fails", backbone, db, steps=STEPS, checkpoint_every=EVERY, max_failures=1)
+    spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"uri": f"{s3_bucket}/runs"})})
+    job = job_root(spec)
+    with S3FaultProxy(s3_server) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("S3_ENDPOINT_URL", proxy.url)
+        proxy.fail("PUT", rf"/{STALLED}/", "503", times=-1)  # the store refuses every write of the last checkpoint
+        with pytest.raises(StorageError) as err:
+            train(spec, progress=False)
+        assert proxy.injected
+    line = str(err.value)
+    assert "\n" not in line and STALLED in line, line
+    # the checkpoint before it is committed and whole: it passes every manifest check on download
+    assert [(s, ok) for s, _, ok in ckpt.checkpoints(job) if ok] == [(EVERY, True)]
+    ckpt.fetch(ckpt.latest_committed(job)[1], tmp_path / "restored")
+    assert Registry(db, "upload-fails-expert").find_run("upload-fails").info.status == "FAILED"

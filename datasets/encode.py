@@ -68,7 +68,7 @@ def read_clip(data: bytes, *, frames: int, fps: float, height: int, width: int, 
     out = np.empty((frames, height, width, 3), np.uint8)
     n = 0
     try:
-        wanted = sample_times(frames, fps, clip_duration(data) if window != "head" else None, window)
+        wanted = sample_times(frames, fps, clip_duration(data), window)  # the header only: nothing decoded
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or fps)

@@ -190,8 +190,10 @@ def test_duration_is_the_videos_not_a_longer_sound_tracks():
 
 
 def test_a_clip_with_a_sound_track_reads_as_its_video():
-    video = read_clip(av_clip(sound=True), frames=5, fps=8, height=16, width=16, window="head")
-    assert levels(video) == [0, 1, 2, 3, 4]
+    data = av_clip(sound=True)  # its audio frames (every 0.128 s) fall between the video's
+    assert levels(read_clip(data, frames=5, fps=8, height=16, width=16, window="head")) == [0, 1, 2, 3, 4]
+    # at 10 fps (times 0, 0.1, … 0.4) the frames on screen at 8 fps are 0, 0, 1, 2, 3
+    assert levels(read_clip(data, frames=5, fps=10, height=16, width=16, window="head")) == [0, 0, 1, 2, 3]
 
 
 def test_a_clip_that_starts_late_is_read_from_its_first_frame():
@@ -205,6 +207,29 @@ def test_read_clip_passes_its_window_and_gives_uint8():
     head = read_clip(data, frames=3, fps=8, height=16, width=16, window="head")
     assert head.dtype == np.uint8 and levels(head) == [0, 1, 2]
     assert levels(read_clip(data, frames=3, fps=8, height=16, width=16)) == [0, 12, 23]
+
+
+def test_a_download_cut_before_its_first_frame_is_zero_seconds_long(tmp_path):
+    import av
+
+    path = tmp_path / "cut.mp4"  # the index first (faststart), as streaming servers serve it
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        video = c.add_stream("libx264", rate=8)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        for i in range(12):
+            c.mux(video.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, np.uint8), format="rgb24")))
+        c.mux(video.encode())
+    data = path.read_bytes()
+    with pytest.raises(DataError) as err:
+        read_clip(data[:data.find(b"mdat") + 4], frames=5, fps=8, height=16, width=16)
+    assert str(err.value) == ("clip: 0.00s long, 5 frames at 8 fps need more than 0.50s; "
+                              "use longer clips or lower data.frames / raise data.fps")
+
+
+def test_an_unknown_window_is_refused_by_read_clip_too():
+    with pytest.raises(DataError, match="time window 'middle' is not known"):
+        read_clip(ramp_clip(8, fps=8), frames=2, fps=8, height=16, width=16, window="middle")
 
 
 def test_a_short_clip_is_exactly_this_line():
@@ -245,8 +270,11 @@ def test_resize_crop_is_antialiased_bilinear_with_half_pixel_centres():
 
 
 def test_frames_are_area_averaged_to_the_output_size():
-    # a 2×2 checkerboard of 0 / 200 at 64×64, read at 16×16: each output pixel averages a 4×4 block = 100
-    board = (np.indices((64, 64)).sum(0) % 2 * 200).astype(np.uint8)
+    # 64×64: 2-pixel stripes of 0 / 200, across in the top half, down in the bottom half; read at
+    # 16×16 each output pixel averages a 4×4 block, two stripes of each, = 100 (left unscaled in
+    # either direction, one half's stripes would alternate)
+    i, j = np.indices((64, 64))
+    board = (np.where(i < 32, i // 2, j // 2) % 2 * 200).astype(np.uint8)
     video = np.repeat(board[None, :, :, None], 3, 3).repeat(4, 0)
     out = read_clip(encode_mp4(video, 8), frames=2, fps=8, height=16, width=16, window="head")
     assert out.shape == (2, 16, 16, 3) and abs(float(out.mean()) - 100) < 6 and out.std() < 8
@@ -262,8 +290,9 @@ def test_load_component_loads_in_the_dtype_asked(tiny_backbones):
         assert dtypes.count(torch.float16) > len(dtypes) / 2
 
 
-def test_loaded_encoders_are_frozen(encoders):
-    for enc in encoders.values():
+def test_loaded_encoders_are_frozen(tiny_backbones):
+    for family, path in tiny_backbones.items():
+        enc = ClipEncoder.from_pretrained(family, path)
         for part in (enc.vae, enc.text_encoder, enc.image_encoder):
             if part is not None:
                 assert not part.training and not any(p.requires_grad for p in part.parameters())

@@ -25,7 +25,7 @@ def toy(
     out: str = typer.Argument(..., help="Folder to write the trained toy CogVideoX-I2V backbone to (hub layout)."),
     seed: int = typer.Option(0, help="Seed of the clips, the initial weights and the batches."),
 ) -> None:
-    """Train a toy CogVideoX-I2V backbone on synthetic clips (VAE, then transformer; ≈13 min on 2 shared CPUs).
+    """Train a toy CogVideoX-I2V backbone on synthetic clips (VAE, then transformer; ≈21 min on 2 shared CPUs).
 
     Writes the diffusers hub layout plus recipe.json (recipe and content key), quality.json
     (held-out VAE PSNR, continuation PSNR/MSE against baselines) and grid.png. A copy trained
@@ -41,8 +41,9 @@ def recogniser(
     out: str = typer.Argument(..., help="Folder to write the condition recogniser to (the shipped one: "
                                         "platform/evaluation/weights)."),
 ) -> None:
-    """Train the condition recogniser `vap eval` judges with (seeded, ≈6 min on one core) and print
-    its held-out accuracy; a folder already holding this recipe's build is left as it is."""
+    """Train the condition recogniser `vap eval` judges with (seeded, on clean clips and their toy-VAE
+    round trips; ≈40 min on 2 shared CPUs) and print its held-out accuracy; a folder already holding
+    this recipe's build is left as it is."""
     import json
 
     from vap.evaluation.recogniser import build_recogniser

@@ -147,6 +147,13 @@ def load_component(path: str, name: str, dtype: torch.dtype):
     return cls.from_pretrained(path, subfolder=name)
 
 
+def encoder_dtypes(components: tuple[str, ...], device: str) -> dict[str, torch.dtype]:
+    """bfloat16 on a GPU, float32 on the CPU; the VAEs stay in float32, as both pipelines'
+    examples load them."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return {name: torch.float32 if name == "vae" else dtype for name in components}
+
+
 def wants_tiling(vae) -> bool:
     """49 frames at 480×720 do not fit through the VAE at once; tiles only apply above ~256 px,
     as in the families' fine-tuning scripts. diffusers sizes CogVideoX's tiles from the config's
@@ -182,11 +189,9 @@ class ClipEncoder:
         sub = get_family(family).encoder
         path = str(path)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
         try:
-            # The VAEs stay in float32, as both pipelines' examples load them.
-            parts = {name: load_component(path, name, torch.float32 if name == "vae" else dtype)
-                     for name in sub.components}
+            parts = {name: load_component(path, name, dtype)
+                     for name, dtype in encoder_dtypes(sub.components, device).items()}
             text_len = text_len or sub.family_text_len(path)
         except (OSError, ValueError, KeyError) as err:
             raise ModelError(f"{path}: cannot load the {family} encoders ({err}); "

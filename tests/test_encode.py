@@ -12,6 +12,7 @@ from vap.datasets.encode import (
     ClipEncoder,
     _cover,
     clip_duration,
+    encoder_dtypes,
     load_component,
     read_clip,
     resize_crop,
@@ -288,6 +289,14 @@ def test_load_component_loads_in_the_dtype_asked(tiny_backbones):
             part = load_component(path, name, torch.float16)
         dtypes = [p.dtype for p in part.parameters()]  # (T5 keeps its feed-forward `wo` in float32)
         assert dtypes.count(torch.float16) > len(dtypes) / 2
+
+
+def test_encoders_load_in_bfloat16_on_a_gpu_but_the_vae_in_float32():
+    parts = ("vae", "text_encoder", "image_encoder")
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert encoder_dtypes(parts, "cpu") == dict.fromkeys(parts, f32)
+    for gpu in ("cuda", "cuda:1"):
+        assert encoder_dtypes(parts, gpu) == {"vae": f32, "text_encoder": bf16, "image_encoder": bf16}
 
 
 def test_loaded_encoders_are_frozen(tiny_backbones):

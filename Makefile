@@ -53,11 +53,14 @@ test-fast: setup ## tests without the slow end-to-end ones
 
 # MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only;
 # MUTANTS (mutmut's names, globs allowed: "training.pipeline.x_guide__mutmut_*") runs only those
+# MUTANT_MEM_GB caps each mutant's heap (ulimit -d): a mutant that sizes an array wrongly fails
+# with MemoryError (killed) instead of taking the machine's memory from everything else
 MUTATE_DIR ?= /tmp/vap-mutate
 CHILDREN   ?= 2
-mutate: setup ## mutation testing on a copy of HEAD: [MODULES="training/rope.py"] [TESTS="tests/test_model_rope.py"] [MUTANTS=glob] [MUTATE_DIR=/tmp/vap-mutate] [CHILDREN=2]; default [tool.mutmut] in pyproject.toml; not in CI (docs/TESTING.md)
+MUTANT_MEM_GB ?= 6
+mutate: setup ## mutation testing on a copy of HEAD: [MODULES="training/rope.py"] [TESTS="tests/test_model_rope.py"] [MUTANTS=glob] [MUTATE_DIR=/tmp/vap-mutate] [CHILDREN=2] [MUTANT_MEM_GB=6]; default [tool.mutmut] in pyproject.toml; not in CI (docs/TESTING.md)
 	$(BIN)/python tools/mutate_copy.py "$(MUTATE_DIR)" --modules "$(MODULES)" --tests "$(TESTS)"
-	cd "$(MUTATE_DIR)" && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS); $(CURDIR)/$(BIN)/mutmut results
+	cd "$(MUTATE_DIR)" && ulimit -d $$(( $(MUTANT_MEM_GB) * 1048576 )) && nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS); $(CURDIR)/$(BIN)/mutmut results
 
 bench: setup ## every benchmark side by side in one run → benchmarks/results/summary.{json,md,png} and the README table (QUICK=1: smaller sizes)
 	$(BIN)/python benchmarks/run_all.py $(if $(filter 1 true yes,$(QUICK)),--quick)

@@ -46,6 +46,11 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
+def _count(value, least: int) -> bool:
+    """An integer (not a bool, which YAML's `true` is) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def spec_problems(spec: dict) -> list[str]:
     """What the CRD's schema refuses, checked again (an API server without the schema, an old
     CRD): the schedule, its time zone and the enumerated policies."""
@@ -53,16 +58,16 @@ def spec_problems(spec: dict) -> list[str]:
     for key, allowed in (("concurrencyPolicy", CONCURRENCY), ("catchUp", CATCH_UP), ("promotion", tuple(r.POLICIES))):
         if key in spec and spec[key] not in allowed:
             problems.append(f"{key} {spec[key]!r} is unknown: use one of {', '.join(allowed)}")
-    evaluation = spec.get("evaluation")
-    if evaluation is not None:
-        pairs, split = (evaluation or {}).get("pairs"), (evaluation or {}).get("split", "val")
-        if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 1:
+    if spec.get("evaluation") is not None:
+        evaluation = spec["evaluation"] or {}
+        pairs, split = evaluation.get("pairs"), evaluation.get("split", "val")
+        if not _count(pairs, 1):
             problems.append(f"evaluation.pairs {pairs!r}: give the number of held-out pairs to evaluate (≥ 1), "
                             "or leave evaluation out")
         if split not in EVAL_SPLITS:
             problems.append(f"evaluation.split {split!r} is unknown: use one of {', '.join(EVAL_SPLITS)}")
-        deadline = (evaluation or {}).get("activeDeadlineSeconds", 60)
-        if not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 60:
+        deadline = evaluation.get("activeDeadlineSeconds", 60)
+        if not _count(deadline, 60):
             problems.append(f"evaluation.activeDeadlineSeconds {deadline!r}: give the gate Job's deadline in seconds (≥ 60)")
     return problems
 

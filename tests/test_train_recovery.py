@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -70,8 +71,24 @@ def _train_workers(pid: int | None = None) -> list[psutil.Process]:
 
 
 def _expert_bytes(ckpt_uri: str) -> dict[str, bytes]:
-    folder = Path(storage.parse_uri(ckpt_uri).path) / ckpt.EXPERT_DIR
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """A checkpoint's expert files, local or in object storage: what "bitwise equal" compares."""
+    folder = storage.join(ckpt_uri, ckpt.EXPERT_DIR)
+    return {name: storage.read_bytes(storage.join(folder, name)) for name in sorted(storage.list_files(folder))}
+
+
+def train_beside(spec, watcher: Callable[[threading.Event], None]):
+    """`train(spec)` with `watcher(done)` running in a thread of its own (it kills workers as the
+    run goes); `done` is set once training returns or raises, and the thread is joined."""
+    from vap.training.trainer import train
+
+    done = threading.Event()
+    thread = threading.Thread(target=watcher, args=(done,), daemon=True)
+    thread.start()
+    try:
+        return train(spec, progress=False)
+    finally:
+        done.set()
+        thread.join()
 
 
 def _commits(root: str) -> dict[int, float]:
@@ -90,9 +107,8 @@ def test_killed_workers_are_restarted_and_the_run_ends_bitwise_equal(ray_cluster
     spec = _spec(root, "killed", backbone, db, max_failures=2)
     job = job_root(spec)
     kills: list[tuple[int, float]] = []  # (pid, when)
-    done = threading.Event()
 
-    def killer():
+    def killer(done):
         # Kill a worker after a checkpoint commits — the first time, then again after the restart
         # committed a newer one; rank order alternates with whichever worker psutil lists first.
         while not done.is_set() and len(kills) < 2:
@@ -106,13 +122,7 @@ def test_killed_workers_are_restarted_and_the_run_ends_bitwise_equal(ray_cluster
                 victim.send_signal(signal.SIGKILL)
             time.sleep(0.05)
 
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
-        result = train(spec, progress=False)
-    finally:
-        done.set()
-        thread.join()
+    result = train_beside(spec, killer)
     assert len(kills) == 2, "the run finished before both kills"
     assert _expert_bytes(result.checkpoint_uri) == _expert_bytes(clean.checkpoint_uri)  # bitwise
     registry = Registry(db, "killed-expert")

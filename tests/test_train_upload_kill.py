@@ -8,14 +8,15 @@ FAILED, the checkpoint before it committed and whole."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import pytest
 from s3_faults import S3FaultProxy
 from test_train_recovery import (
+    _expert_bytes,
     _spec,
     _train_workers,
+    train_beside,
     world,  # noqa: F401  (the module's snapshot fixture)
 )
 
@@ -27,11 +28,6 @@ pytestmark = pytest.mark.slow
 
 STEPS, EVERY = 4, 2
 STALLED = ckpt.step_dir(STEPS)  # the checkpoint whose upload the kill interrupts
-
-
-def _expert(uri: str) -> dict[str, bytes]:
-    folder = storage.join(uri, ckpt.EXPERT_DIR)
-    return {name: storage.read_bytes(storage.join(folder, name)) for name in sorted(storage.list_files(folder))}
 
 
 def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
@@ -52,9 +48,8 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
         monkeypatch.setenv("S3_ENDPOINT_URL", proxy.url)
         # rank 1's manifest of the last checkpoint hangs: its other files are stored, no marker yet
         proxy.fail("PUT", rf"/{STALLED}/{ckpt.MANIFEST_DIR}/rank-1\.json", "timeout")
-        done = threading.Event()
 
-        def killer():
+        def killer(done):
             while not done.is_set() and not proxy.injected:
                 time.sleep(0.05)
             workers = _train_workers()
@@ -63,13 +58,7 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
                 seen["committed"] = [s for s, _, ok in ckpt.checkpoints(job) if ok]
                 workers[0].send_signal(signal.SIGKILL)
 
-        thread = threading.Thread(target=killer, daemon=True)
-        thread.start()
-        try:
-            result = train(spec, progress=False)
-        finally:
-            done.set()
-            thread.join()
+        result = train_beside(spec, killer)
 
     assert seen, "no worker was killed during the upload"
     # at the kill the interrupted checkpoint was in storage, partly, and not committed
@@ -77,7 +66,7 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
     assert seen["stored"] and ckpt.COMMITTED not in seen["stored"]
     assert f"{ckpt.MANIFEST_DIR}/rank-1.json" not in seen["stored"]
     # restored from step 2, not the partial step 4: the same weights as the run never killed
-    assert _expert(result.checkpoint_uri) == _expert(clean.checkpoint_uri)
+    assert _expert_bytes(result.checkpoint_uri) == _expert_bytes(clean.checkpoint_uri)
     registry = Registry(db, "upload-killed-expert")
     assert sorted(s for s, _ in registry.metric_history(result.run_id, "loss")) == list(range(1, STEPS + 1))
     assert [(s, ok) for s, _, ok in ckpt.checkpoints(job)] == [(EVERY, True), (STEPS, True)]

@@ -9,6 +9,7 @@ no category column (like VAP-Data), so `SYNTH_CATEGORIES` maps each condition to
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -312,16 +313,40 @@ def _rate(fps: float):
     return Fraction(fps).limit_denominator(1001)
 
 
-def render_clip(condition: str, seed: int, index: int, *, frames: int, size: int) -> tuple[np.ndarray, str]:
-    """(uint8 frames [F, size, size, 3], caption) of clip `index` of `condition`; pure."""
+STARTS = ("natural", "neutral")
+
+
+def _at_rest(category: str, s: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The scene before any condition acts: the object at its place, or for a camera move the
+    view at the world's centre (drawn from `rng`, so the camera moves of a scene share it)."""
+    if category == "camera":
+        return _view(_world(s, size, rng), size, 0.5, 0.5, 0.5, 0.0)
+    return _object(s, size, s.x, s.y, s.radius)
+
+
+def render_clip(condition: str, seed: int, index: int, *, frames: int, size: int,
+                start: str = "natural") -> tuple[np.ndarray, str]:
+    """(uint8 frames [F, size, size, 3], caption) of clip `index` of `condition`; pure.
+
+    start="neutral" renders counterfactual clips: clip `index` of every condition shares one
+    scene (colours, shape, place, camera world), and its first frame is that scene at rest
+    (`_at_rest`, the same for every condition of a category), so a first frame and its caption
+    have one continuation per condition and only a reference clip tells which."""
+    if start not in STARTS:
+        raise DataError(f"start={start!r}: use one of {', '.join(STARTS)}")
     category, phrase, render = CONDITIONS[condition]
-    # Seed per (seed, condition, index): a clip never changes when others are added.
-    digest = hashlib.sha256(f"{seed}/{condition}/{index}".encode()).digest()
+    # Seed per (seed, condition, index): a clip never changes when others are added. Neutral
+    # starts seed per (seed, index) instead, so the conditions of a scene draw the same scene.
+    key = f"{seed}/{condition}/{index}" if start == "natural" else f"{seed}/scene/{index}"
+    digest = hashlib.sha256(key.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     scene = _scene(rng)
+    rest = _at_rest(category, scene, size, copy.deepcopy(rng)) if start == "neutral" else None
     t = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
-    video = np.clip(np.stack(render(scene, t, size, rng)), 0, 255).astype(np.uint8)
-    return video, scene.caption(phrase)
+    video = np.stack(render(scene, t, size, rng))
+    if rest is not None:
+        video[0] = rest
+    return np.clip(video, 0, 255).astype(np.uint8), scene.caption(phrase)
 
 
 def _clip_name(condition: str, index: int) -> str:
@@ -339,20 +364,32 @@ def pick_conditions(per_category: int) -> list[str]:
 
 
 def synthesize(out: str, *, conditions_per_category: int = 4, clips_per_condition: int = 4,
-               frames: int = 17, fps: float = 8.0, size: int = 32, seed: int = 0, progress: bool = True) -> SynthSummary:
+               frames: int = 17, fps: float = 8.0, size: int = 32, seed: int = 0, progress: bool = True,
+               conditions: list[str] | None = None, start: str = "natural") -> SynthSummary:
     """Write a synthetic VAP-Data set to `out` (path or s3:// URI): `videos/*.mp4` and
     `metadata.csv` with VAP-Data's columns (`kind` is the condition; `ref_video_paths` lists the
     other clips of that condition). Deterministic for a seed; re-running with the same settings
-    finds `synth.json` (written last) and does nothing."""
+    finds `synth.json` (written last) and does nothing.
+
+    For the claims run (docs/CLAIMS.md): `conditions` names the conditions instead of the first
+    `conditions_per_category` of each category, and start="neutral" writes counterfactual clips
+    (`render_clip`). With neither, the output is what it always was, byte for byte."""
     if size < 16 or size % 2:
         raise DataError(f"size={size}: H.264 yuv420p needs an even size of at least 16; pick e.g. 32")
     if clips_per_condition < 2:
         raise DataError(f"clips_per_condition={clips_per_condition}: pairs need at least 2 clips per condition")
     if frames < 1 or fps <= 0:
         raise DataError(f"frames={frames}, fps={fps}: need at least 1 frame and a positive fps")
-    conditions = pick_conditions(conditions_per_category)
+    if conditions is not None:
+        unknown = sorted(set(conditions) - set(CONDITIONS))
+        if unknown or not conditions:
+            raise DataError(f"conditions={conditions}: unknown {unknown}; pick from {', '.join(CONDITIONS)}")
+    else:
+        conditions = pick_conditions(conditions_per_category)
     settings = {"conditions": conditions, "clips_per_condition": clips_per_condition, "frames": frames,
                 "fps": fps, "size": size, "seed": seed, "format": 2}
+    if start != "natural":  # only then: the marker of a default set stays what it was
+        settings["start"] = start
     csv_uri, marker = storage.join(out, "metadata.csv"), storage.join(out, "synth.json")
     n_clips = len(conditions) * clips_per_condition
     if storage.exists(marker) and json.loads(storage.read_bytes(marker)) == settings and storage.exists(csv_uri):
@@ -363,7 +400,7 @@ def synthesize(out: str, *, conditions_per_category: int = 4, clips_per_conditio
     jobs = [(c, i) for c in conditions for i in range(clips_per_condition)]
     for condition, i in track(jobs, "synthesising clips", disable=not progress, transient=True):
         name = _clip_name(condition, i)
-        video, caption = render_clip(condition, seed, i, frames=frames, size=size)
+        video, caption = render_clip(condition, seed, i, frames=frames, size=size, start=start)
         storage.write_bytes(storage.join(out, name), encode_mp4(video, fps))
         # A stand-in for VAP-Data's score, stable per clip, on the authors' scale (their filter keeps > 10).
         score = 60 + 40 * int(hashlib.sha256(name.encode()).hexdigest()[:4], 16) / 0xFFFF

@@ -33,3 +33,71 @@ def test_scene_captions_keep_the_clips_and_drop_the_condition_phrase(claims, tmp
         assert phrase in before.caption and phrase not in after.caption
         assert before.caption.startswith(after.caption) and after.caption.endswith(" background")
     assert claims.scene_manifest(str(raw)) == manifest  # a rerun leaves the manifest (and the snapshot) as it is
+
+
+def test_default_clips_are_what_they_were():
+    # sha256 of clip 1 of every condition (5 frames, 16 px) and its caption, taken from the
+    # generator before the claims options existed: the demo's and the tests' data never move.
+    import hashlib
+
+    from vap.datasets.synth import render_clip
+
+    h = hashlib.sha256()
+    for condition in CONDITIONS:
+        video, caption = render_clip(condition, 0, 1, frames=5, size=16)
+        h.update(video.tobytes())
+        h.update(caption.encode())
+    assert h.hexdigest() == "2179da02a3cbc4b5a970c8ce6ca189e1fc724912419d2e550de64cbb97199dcd"
+
+
+@pytest.mark.parametrize("category", ["concept", "style", "motion", "camera"])
+def test_neutral_start_gives_one_first_frame_and_caption_many_continuations(category):
+    import numpy as np
+
+    from vap.datasets.synth import SYNTH_CATEGORIES, render_clip
+
+    names = [c for c, cat in SYNTH_CATEGORIES.items() if cat == category]
+    clips = [render_clip(c, 0, 3, frames=9, size=32, start="neutral") for c in names]
+    first, caption = clips[0][0][0], clips[0][1].split(" background")[0]
+    for video, cap in clips:
+        assert np.array_equal(video[0], first) and cap.split(" background")[0] == caption
+    # every pair of conditions continues the same start differently: mean abs pixel difference
+    # measured ≥ 2.5 of 255 (slide_right vs zigzag: a small object on one background), ≥ 20 for camera
+    for i in range(len(clips)):
+        for j in range(i + 1, len(clips)):
+            assert np.abs(clips[i][0][1:].astype(int) - clips[j][0][1:].astype(int)).mean() > 1, (names[i], names[j])
+    # the start is the scene at rest: for an object, that object where its scene puts it
+    other_scene = render_clip(names[0], 0, 4, frames=9, size=32, start="neutral")[0]
+    assert not np.array_equal(other_scene[0], first)
+
+
+def test_neutral_start_keeps_each_condition_after_the_first_frame():
+    import numpy as np
+
+    from vap.datasets.synth import render_clip
+
+    # a slide to the right still moves right: the object's centre of change goes left to right
+    video = render_clip("slide_right", 0, 2, frames=9, size=32, start="neutral")[0].astype(int)
+    bg = video[-1, 0, 0]
+    xs = [np.nonzero(np.abs(f - bg).sum(-1) > 30)[1].mean() for f in video[1:]]
+    assert all(b > a for a, b in zip(xs, xs[1:], strict=False))
+
+
+def test_claims_options_refuse_bad_input(tmp_path):
+    from vap.datasets.synth import render_clip
+    from vap.errors import DataError
+
+    with pytest.raises(DataError, match="start='sideways'"):
+        render_clip("bounce", 0, 0, frames=5, size=16, start="sideways")
+    with pytest.raises(DataError, match=r"unknown \['hop'\]"):
+        synthesize(str(tmp_path), conditions=["bounce", "hop"], clips_per_condition=2, progress=False)
+
+
+def test_neutral_set_names_its_conditions_and_marks_its_start(tmp_path):
+    import json
+
+    summary = synthesize(str(tmp_path), conditions=["bounce", "pan_left"], clips_per_condition=2, frames=5,
+                         size=16, start="neutral", progress=False)
+    assert (summary.clips, summary.conditions) == (4, 2)
+    assert {c.condition for c in ingest(str(tmp_path)).clips} == {"bounce", "pan_left"}
+    assert json.loads((tmp_path / "synth.json").read_text())["start"] == "neutral"

@@ -96,6 +96,27 @@ def test_losses_without_reference_are_the_backbones(tiny):
     assert losses["true"] != pytest.approx(losses["none"])  # a fresh expert does read the reference
 
 
+def test_loss_rows_are_the_variants_losses_row_by_row(tiny):
+    # the oracle: reference_losses in chunks of one row draws row i's noise from LOSS_SEED + i too
+    model, objective = tiny
+    batch = shard_batch(["a", "b", "a", "c"], seed=3)
+    rows = probe.reference_loss_rows(model, objective, batch)
+    means = probe.reference_losses(model, objective, batch, batch_size=1)
+    assert set(rows) == set(means) and all(len(v) == 4 for v in rows.values())
+    for name, values in rows.items():
+        assert sum(values) / 4 == pytest.approx(means[name], rel=1e-6)
+    assert rows["true"] != rows["mismatched"]  # each row met its own (other) reference
+
+
+def test_gap_is_the_paired_difference_with_its_interval():
+    rows = {"true": [0.10, 0.20, 0.30, 0.40], "mismatched": [0.11, 0.22, 0.33, 0.44]}
+    gap = probe.reference_gap(rows, "mismatched")
+    assert gap["n"] == 4 and gap["mean"] == pytest.approx(0.025)
+    assert 0.01 <= gap["low"] < gap["mean"] < gap["high"] <= 0.04  # within the smallest and largest difference
+    swapped = probe.reference_gap(rows, "true", than="mismatched")
+    assert swapped["mean"] == pytest.approx(-0.025) and swapped["high"] < 0
+
+
 def test_drift_is_zero_for_a_clone_and_two_for_three_times_the_weights(tiny):
     from vap.training.model import VAPTransformer
 

@@ -62,19 +62,29 @@ def scene_manifest(source: str) -> str:
     return str(out)
 
 
-def build_data(spec, captions: str = "scene"):
-    """(snapshot, the spec it was built with): synthetic clips of all conditions, with captions
-    that name the condition (`full`, VAP-Data's) or stop before it (`scene`)."""
+def build_data(spec, captions: str = "scene", start: str = "natural", conditions: list[str] | None = None,
+               clips: int = CLIPS_PER_CONDITION):
+    """(snapshot, the spec it was built with): synthetic clips of all conditions (or `conditions`),
+    with captions that name the condition (`full`, VAP-Data's) or stop before it (`scene`);
+    start="neutral": counterfactual clips (`vap.datasets.synth.render_clip`). A set other than the
+    default goes to its own folder beside the default's, so neither overwrites the other."""
     from vap.datasets.build import build_snapshot
     from vap.datasets.synth import synthesize
 
     d = spec.data
-    synthesize(d.source, frames=2 * d.frames, fps=d.fps, size=d.width, seed=d.seed,
-               conditions_per_category=CONDITIONS_PER_CATEGORY, clips_per_condition=CLIPS_PER_CONDITION,
-               progress=False)
+    source = d.source
+    if (start, conditions, clips) != ("natural", None, CLIPS_PER_CONDITION):
+        label = json.dumps([start, conditions, clips])
+        source = f"{d.source}-{start}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+    synthesize(source, frames=2 * d.frames, fps=d.fps, size=d.width, seed=d.seed,
+               conditions_per_category=CONDITIONS_PER_CATEGORY, clips_per_condition=clips,
+               conditions=conditions, start=start, progress=False)
     if captions == "scene":
-        spec = spec.model_copy(update={"data": d.model_copy(update={"source": scene_manifest(d.source)})})
-    return build_snapshot(spec), spec
+        source = scene_manifest(source)
+    spec = spec.model_copy(update={"data": d.model_copy(update={"source": source})})
+    snapshot = build_snapshot(spec)
+    # `vap eval` reads the spec's snapshot: this one, not whichever was built last
+    return snapshot, spec.model_copy(update={"data": spec.data.model_copy(update={"snapshot": snapshot.id})})
 
 
 def expert_key(snapshot_id: str, recipe: dict) -> str:
@@ -117,13 +127,16 @@ def train_or_reuse(spec, snapshot, train, name: str, rope_delta, steps: int) -> 
 
 
 def probe(spec, folder: Path, val) -> dict:
-    from vap.evaluation.probe import expert_drift, reference_attention_share, reference_losses
+    from vap.evaluation.probe import (expert_drift, reference_attention_share, reference_gap, reference_loss_rows,
+                                      reference_losses)
     from vap.training.families import get_family
     from vap.training.pipeline import VAPPipeline
 
     model = VAPPipeline.from_expert(folder, backbone=spec.model.backbone).transformer
     objective = get_family(spec.model.family).objective(spec.model.backbone)
+    rows = reference_loss_rows(model, objective, val)
     return {"val_loss": reference_losses(model, objective, val),
+            "gap": {other: reference_gap(rows, other) for other in ("mismatched", "noise", "none")},
             "attention_share": reference_attention_share(model, objective, val),
             "drift": expert_drift(model)}
 
@@ -247,6 +260,15 @@ def main(argv=None) -> int:
     ap.add_argument("--captions", choices=("scene", "full"), default="scene",
                     help="training captions: scene (cut before the condition's phrase, so only the reference "
                          "carries it) or full (VAP-Data's, naming the condition)")
+    ap.add_argument("--start", choices=("natural", "neutral"), default="natural",
+                    help="natural: VAP-Data-like clips; neutral: counterfactual clips (every condition renders the "
+                         "same scenes, each clip's first frame is its scene at rest), so only the reference tells "
+                         "a target's continuation")
+    ap.add_argument("--conditions", help="comma-separated conditions (default: all 24)")
+    ap.add_argument("--clips", type=int, default=CLIPS_PER_CONDITION, help="clips per condition")
+    ap.add_argument("--unseen", type=int, help="conditions held out whole (default: the config's)")
+    ap.add_argument("--lr", type=float, help="expert learning rate (default: the config's trainer.lr)")
+    ap.add_argument("--experts", default=",".join(EXPERTS), help=f"which of {', '.join(EXPERTS)} to train")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/CLAIMS.md and the figures")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -254,24 +276,37 @@ def main(argv=None) -> int:
 
     spec = load_spec(args.config)
     steps = args.steps or spec.trainer.steps
-    snapshot, spec = build_data(spec, args.captions)
+    updates = {"data": {"unseen_conditions": args.unseen}, "trainer": {"lr": args.lr}}
+    for section, values in updates.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            spec = spec.model_copy(update={section: getattr(spec, section).model_copy(update=values)})
+    experts = {name: EXPERTS[name] for name in args.experts.split(",")}
+    conditions = args.conditions.split(",") if args.conditions else None
+    snapshot, spec = build_data(spec, args.captions, args.start, conditions, args.clips)
     out = Path(spec.storage.uri).parent.parent
     cache = out / "cache"
     train, val = (load_split(snapshot.uri, s, cache) for s in ("train", "val"))
-    results: dict = {"snapshot": snapshot.id, "captions": args.captions, "training": {}, "probe": {}, "eval": {}}
+    results: dict = {"snapshot": snapshot.id, "captions": args.captions, "start": args.start,
+                     "conditions": conditions or "all", "training": {}, "probe": {}, "eval": {}}
     folders = {}
-    for name, delta in EXPERTS.items():
+    for name, delta in experts.items():
         folders[name], results["training"][name] = train_or_reuse(spec, snapshot, train, name, delta, steps)
         results["probe"][name] = probe(spec, folders[name], val)
-        log.info("%s probe %s", name, results["probe"][name]["val_loss"])
+        log.info("%s probe %s gap %s", name, results["probe"][name]["val_loss"], results["probe"][name]["gap"])
     runs = (("val", "delta_minus_T", "val"), ("unseen", "delta_minus_T", "unseen"), ("val_delta_0", "delta_0", "val"))
     for key, name, split in runs:
-        report = evaluate(spec, str(folders[name]), split, args.pairs, out_dir=out / "eval" / key, record=False,
-                          progress=False)
+        if name not in folders or not snapshot.counts.get(split, {}).get("pairs"):
+            continue
+        report = evaluate(spec, str(folders[name]), split, args.pairs, out_dir=out / "eval" / snapshot.id / key,
+                          record=False, progress=False)
         results["eval"][key] = report.summary()["overall"]
         print(report.table())
-    (out / "claims.json").write_text(json.dumps(results, indent=1))
+    (out / f"claims-{snapshot.id}.json").write_text(json.dumps(results, indent=1))
     chance = 1 / 24
+    if len(results["eval"]) < len(runs):  # a pilot: the probes and tables above are its numbers
+        print(json.dumps(results["probe"], indent=1))
+        return 0
     if not args.no_doc:
         figures(results, chance)
         update_doc(write_markdown(results, chance, datetime.date.today().isoformat()))

@@ -100,6 +100,30 @@ def reference_losses(model, objective, batch: dict, batch_size: int = 16, seed: 
     return out
 
 
+@torch.no_grad()
+def reference_loss_rows(model, objective, batch: dict, seed: int = LOSS_SEED) -> dict[str, list[float]]:
+    """Per row, the denoising loss with the true / mismatched / noise / no reference. Row i draws
+    its noise and timestep from `seed + i` in every variant, so the variants are paired row by row
+    (`reference_gap` bootstraps their differences)."""
+    variants = {"true": (batch, model), "mismatched": (mismatched(batch), model),
+                "noise": (noised(batch), model), "none": (batch, _NoReference(model))}
+    out = {}
+    for name, (rows, engine) in variants.items():
+        out[name] = [objective(engine, take(rows, [i]), generator=torch.Generator().manual_seed(seed + i)).item()
+                     for i in range(len(batch["condition"]))]
+    return out
+
+
+def reference_gap(rows: dict[str, list[float]], other: str, than: str = "true") -> dict[str, float]:
+    """How much higher the loss is with reference `other` than with `than`, row by row: the mean
+    difference and its bootstrap 95 % interval (low > 0: `than` is measurably better)."""
+    from vap.evaluation.metrics import bootstrap_ci
+
+    diff = [a - b for a, b in zip(rows[other], rows[than], strict=True)]
+    mean, low, high = bootstrap_ci(diff)
+    return {"mean": mean, "low": low, "high": high, "n": len(diff)}
+
+
 @contextlib.contextmanager
 def recording_attention() -> Iterator[list[float]]:
     """Patch `vap.training.attention.attend` to record, per call, the share of the target

@@ -1,0 +1,442 @@
+"""`datasets/build.py` pinned down piece by piece, fast enough to run once per mutant (`make mutate`,
+docs/TESTING.md): which clip's arrays land in which columns, how parts are cut, resumed and
+checked, what the clip cache encodes, what a snapshot id covers, which clips are quarantined,
+and one real build whose index, null text and every stored array are checked.
+
+Oracles: arrays tagged with their clip's number (a fake encoder), counts and ids worked out by
+the test from the clips it wrote, sha1 of the shard files computed here, and for the real build
+each clip decoded and encoded on its own with `read_clip` / `ClipEncoder` (datasets/encode.py,
+not the code under test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vap.datasets import build as build_mod
+from vap.datasets import snapshot as snap
+from vap.datasets.build import Inputs, build_snapshot, identify, read_inputs
+from vap.datasets.encode import ClipEncoder, clip_duration, read_clip
+from vap.datasets.records import Clip, IngestResult, Pair
+from vap.datasets.synth import encode_mp4, synthesize
+from vap.errors import DataError
+from vap.spec import parse_spec
+
+
+def make_spec(backbone, source, shards, family="cogvideox", **data):
+    data = {"source": None if source is None else str(source), "shards": str(shards), "frames": 5, "fps": 8.0,
+            "val_fraction": 0.0, "unseen_conditions": 1, "pairs_per_part": 4, **data}
+    return parse_spec({"name": "t", "model": {"family": family, "backbone": str(backbone)}, "data": data,
+                       "storage": {"uri": "/tmp/unused"}, "registry": {"tracking_uri": "sqlite:////tmp/unused.db"}})
+
+
+def clip(n: int, condition: str = "c0", **fields) -> Clip:
+    return Clip(id=f"v{n}", uri=f"/data/v{n}.mp4", caption=f"caption {n}", condition=condition,
+                category=fields.pop("category", "motion"), **fields)
+
+
+class TaggedCache:
+    """`_ClipCache`'s interface; every array of clip vN is filled with N (+0.25 for the image latent)."""
+
+    def __init__(self, image_embed: bool = False):
+        self.image_embed, self.asked = image_embed, []
+
+    def get(self, c: Clip) -> dict:
+        self.asked.append(c.id)
+        n = float(c.id[1:])
+        cols = {"latent": np.full((2, 3, 2, 2), n, np.float16), "image_latent": np.full((2, 1, 2, 2), n + 0.25, np.float16),
+                "text": np.full((4, 3), n, np.float16)}
+        if self.image_embed:
+            cols["image_embed"] = np.full((5, 3), n, np.float16)
+        return cols
+
+
+def read_split(split: Path) -> list[dict]:
+    """Every sample of a split, read with MosaicML Streaming itself."""
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    ds = StreamingDataset(local=str(split), remote=None, shuffle=False, batch_size=1)
+    return [ds[i] for i in range(len(ds))]
+
+
+# --- _sample: which clip fills which column ---------------------------------------------------
+
+def test_a_sample_holds_the_targets_arrays_as_target_and_the_references_as_reference():
+    pair = Pair(clip(1, category="style"), clip(2), "train")
+    sample = build_mod._sample(pair, TaggedCache())
+    assert sorted(sample) == sorted(["pair_id", "condition", "category", "target_caption", "reference_caption",
+                                     "target_latent", "target_image_latent", "target_text",
+                                     "reference_latent", "reference_image_latent", "reference_text"])
+    assert (sample["pair_id"], sample["condition"], sample["category"]) == ("v1<-v2", "c0", "style")
+    assert (sample["target_caption"], sample["reference_caption"]) == ("caption 1", "caption 2")
+    for name, offset in (("latent", 0), ("image_latent", 0.25), ("text", 0)):
+        assert np.all(sample[f"target_{name}"] == 1 + offset) and np.all(sample[f"reference_{name}"] == 2 + offset)
+
+
+def test_candidates_are_stacked_in_order_with_their_captions():
+    pair = Pair(clip(1), clip(3), "train", candidates=(clip(3), clip(2), clip(4)))
+    sample = build_mod._sample(pair, TaggedCache(image_embed=True), candidates=True)
+    assert sample["reference_candidates"] == 3
+    assert json.loads(sample["reference_caption"]) == ["caption 3", "caption 2", "caption 4"]
+    for name, shape in (("latent", (3, 2, 3, 2, 2)), ("image_latent", (3, 2, 1, 2, 2)), ("text", (3, 4, 3)),
+                        ("image_embed", (3, 5, 3))):
+        stacked = sample[f"reference_{name}"]
+        assert stacked.shape == shape
+        assert [float(np.unique(s - (0.25 if name == "image_latent" else 0))[0]) for s in stacked] == [3, 2, 4]
+    assert np.all(sample["target_latent"] == 1)
+
+
+def test_several_references_are_laid_along_time_and_tokens():
+    # m = 2 of 3 candidates: latents along frames (axis 1 of [C, F, h, w]), text and CLIP tokens along axis 0
+    pair = Pair(clip(1), clip(2), "train", candidates=(clip(2), clip(3), clip(4)))
+    sample = build_mod._sample(pair, TaggedCache(image_embed=True), m=2)
+    assert "reference_candidates" not in sample
+    assert json.loads(sample["reference_caption"]) == ["caption 2", "caption 3"]
+    want = {"latent": (1, (2, 6, 2, 2)), "image_latent": (1, (2, 2, 2, 2)), "text": (0, (8, 3)), "image_embed": (0, (10, 3))}
+    for name, (axis, shape) in want.items():
+        got = sample[f"reference_{name}"]
+        assert got.shape == shape, name
+        first, second = np.split(got, 2, axis=axis)
+        offset = 0.25 if name == "image_latent" else 0
+        assert np.all(first == 2 + offset) and np.all(second == 3 + offset), name
+
+
+# --- _write_split: parts, resume, a short part --------------------------------------------------
+
+COLS = snap.columns(with_image_embed=False)
+
+
+def pairs_of(n: int) -> list[Pair]:
+    return [Pair(clip(2 * i + 1), clip(2 * i + 2), "train") for i in range(n)]
+
+
+def test_a_split_is_written_in_parts_of_per_part_pairs(tmp_path):
+    advanced = []
+    shards = build_mod._write_split(str(tmp_path / "train"), pairs_of(5), 2, COLS, TaggedCache(), advanced.append)
+    assert advanced == [2, 2, 1]
+    assert sorted(p.name for p in (tmp_path / "train").glob("part-*")) == ["part-00000", "part-00001", "part-00002"]
+    for i, n in enumerate([2, 2, 1]):
+        assert json.loads((tmp_path / "train" / snap.part_name(i) / snap.PART_DONE).read_text()) == {"samples": n}
+    assert sum(s["samples"] for s in shards) == 5
+    samples = read_split(tmp_path / "train")
+    assert [s["pair_id"] for s in samples] == [f"v{2 * i + 1}<-v{2 * i + 2}" for i in range(5)]
+    for s in samples:
+        target, reference = (float(x[1:]) for x in s["pair_id"].split("<-"))
+        assert np.all(s["target_latent"] == target) and np.all(s["reference_text"] == reference)
+
+
+def test_no_pairs_writes_nothing(tmp_path):
+    assert build_mod._write_split(str(tmp_path / "val"), [], 2, COLS, TaggedCache(), pytest.fail) == []
+    assert not (tmp_path / "val").exists()
+
+
+def test_a_finished_part_is_skipped_and_the_rest_written(tmp_path, caplog):
+    split = str(tmp_path / "train")
+    build_mod._write_split(split, pairs_of(3), 2, COLS, TaggedCache(), lambda n: None)
+    (tmp_path / "train" / "part-00001" / snap.PART_DONE).unlink()  # as if killed while writing part 1
+    cache, advanced = TaggedCache(), []
+    with caplog.at_level(logging.INFO, logger="vap.datasets.build"):
+        build_mod._write_split(split, pairs_of(3), 2, COLS, cache, advanced.append)
+    assert cache.asked == ["v5", "v6"]  # only part 1's pair was encoded again
+    assert advanced == [2, 1]  # the skipped part still counts towards the progress bar
+    assert f"{split}/part-00000 already written: skipped" in caplog.messages
+    assert len(read_split(tmp_path / "train")) == 3
+
+
+def test_a_part_written_short_is_an_error_naming_it(tmp_path, monkeypatch):
+    real = snap.write_part
+    monkeypatch.setattr(snap, "write_part", lambda uri, i, samples, cols: real(uri, i, list(samples)[:1], cols))
+    split = str(tmp_path / "train")
+    with pytest.raises(DataError) as err:
+        build_mod._write_split(split, pairs_of(2), 2, COLS, TaggedCache(), lambda n: None)
+    assert str(err.value) == f"{split}/part-00000: wrote 1 of 2 pairs; re-run the build to rewrite the part"
+
+
+# --- _ClipCache: each clip encoded once, the least recently used evicted ----------------------
+
+class CountingEncoder:
+    def __init__(self):
+        self.videos, self.captions = [], []
+
+    def encode_clip(self, video):
+        self.videos.append(video)
+        return {"latent": video.astype(np.float16)}
+
+    def encode_text(self, captions):
+        self.captions.append(captions)
+        return np.full((1, 2, 2), len(self.captions), np.float16)
+
+
+@pytest.fixture(scope="module")
+def mp4s(tmp_path_factory) -> dict[str, Path]:
+    """Four 12-frame clips at 8 fps, 24×40, each frame a different grey per clip and time."""
+    out = tmp_path_factory.mktemp("mp4")
+    files = {}
+    for n in range(1, 5):
+        frames = np.stack([np.full((24, 40, 3), 10 * n + 5 * t, np.uint8) for t in range(12)])
+        files[f"v{n}"] = out / f"v{n}.mp4"
+        files[f"v{n}"].write_bytes(encode_mp4(frames, 8.0))
+    return files
+
+
+def test_the_cache_encodes_each_clip_once_and_evicts_the_least_recently_used(tiny_backbones, mp4s, tmp_path):
+    spec = make_spec(tiny_backbones["cogvideox"], None, tmp_path, frames=5, fps=4.0, height=16, width=24,
+                     time_window="head")
+    clips = {k: Clip(k, str(p), f"caption of {k}", "c", "motion") for k, p in mp4s.items()}
+    encoder = CountingEncoder()
+    cache = build_mod._ClipCache(encoder, spec.data, {}, size=2)
+    order = ["v1", "v2", "v1", "v3", "v1", "v2"]  # v3 evicts v2 (v1 was used since); v2 comes back
+    got = [cache.get(clips[k]) for k in order]
+    assert cache.encoded == len(encoder.videos) == 4
+    assert encoder.captions == [["caption of v1"], ["caption of v2"], ["caption of v3"], ["caption of v2"]]
+    assert got[0] is got[2] is got[4] and list(cache.items) == ["v1", "v2"]
+    for k, video in zip(["v1", "v2", "v3", "v2"], encoder.videos, strict=True):
+        want = read_clip(mp4s[k].read_bytes(), frames=5, fps=4.0, height=16, width=24, window="head")
+        np.testing.assert_array_equal(video, want)
+    assert np.all(got[1]["text"] == 2) and got[1]["text"].shape == (2, 2)  # the caption's own embedding
+
+
+# --- identify: what a snapshot id covers -------------------------------------------------------
+
+def test_the_snapshot_id_covers_every_clip_label_every_setting_and_the_rejected(tiny_backbones, tmp_path):
+    from vap.datasets.records import Rejected
+
+    backbone = build_mod.backbone_folder(str(tiny_backbones["cogvideox"]))
+    base = {"split": "train", "alignment_score": 50.0, "refs": ("v2",)}
+
+    def sid(clip_fields=None, digest="d1", rejected=(), **data):
+        spec = make_spec(tiny_backbones["cogvideox"], tmp_path, tmp_path / "shards", **data)
+        c = replace(clip(1, **base), **(clip_fields or {}))
+        result = IngestResult([c, clip(2)], list(rejected))
+        return identify(spec, Inputs(result, {c.id: digest, "v2": "d2"}, {}), backbone)
+
+    first, settings = sid()
+    assert first == sid()[0] and len(first) == 16
+    want_data = {"frames": 5, "fps": 8.0, "time_window": "evenly", "height": 32, "width": 32, "text_len": None,
+                 "min_alignment": 10.0, "seed": 0, "refs_per_target": 1, "reference_candidates": 4,
+                 "references_per_pair": 1, "val_fraction": 0.0, "unseen_conditions": 1, "pairs_per_part": 4}
+    assert settings["data"] == want_data and settings["family"] == "cogvideox" and settings["rejected"] == []
+    changed = {"frames": 9, "fps": 4.0, "time_window": "head", "height": 16, "width": 16, "text_len": 8,
+               "min_alignment": 20.0, "seed": 1, "refs_per_target": 2, "reference_candidates": 2,
+               "references_per_pair": 2, "val_fraction": 0.5, "unseen_conditions": 0, "pairs_per_part": 2}
+    assert set(changed) == set(want_data)
+    for key, value in changed.items():
+        assert sid(**{key: value})[0] != first, key
+    for field, value in {"id": "v9", "caption": "other", "condition": "c9", "category": "style", "split": "val",
+                         "alignment_score": 51.0, "refs": ("v3",)}.items():
+        assert sid({field: value})[0] != first, field
+    assert sid(digest="d9")[0] != first
+    assert sid(rejected=[Rejected("/data/x.mp4", "undecodable", "x")])[0] != first
+    wan = identify(make_spec(tiny_backbones["wan"], tmp_path, tmp_path / "s", family="wan"),
+                   Inputs(IngestResult([clip(1, **base), clip(2)]), {"v1": "d1", "v2": "d2"}, {}),
+                   build_mod.backbone_folder(str(tiny_backbones["wan"])))[0]
+    assert wan != first
+
+
+def test_the_backbone_identity_reads_configs_whole_and_weights_by_size(tmp_path):
+    folder = tmp_path / "bb"
+    (folder / "vae").mkdir(parents=True)
+    (folder / "vae" / "config.json").write_text('{"a": 1}')
+    (folder / "vae" / "model.safetensors").write_bytes(b"x" * 10)
+    (folder / "tokenizer.model").write_bytes(b"sp")
+    (folder / "notes.txt").write_text("n")
+
+    def ident():
+        return build_mod.backbone_identity("name", folder)
+
+    first = ident()
+    assert first["name"] == "name" and len(first["files"]) == 16
+    (folder / ".cache").write_text("hidden files do not count")
+    (folder / "sub").mkdir()  # nor folders themselves
+    assert ident() == first
+    (folder / "vae" / "model.safetensors").write_bytes(b"y" * 10)  # same size: the weights are not read
+    assert ident() == first
+    for path, content in (("vae/model.safetensors", b"y" * 11), ("vae/config.json", b'{"a": 2}'),
+                          ("tokenizer.model", b"sq"), ("notes.txt", b"m")):
+        before = ident()
+        (folder / path).write_bytes(content)
+        assert ident() != before, path
+    before = ident()
+    (folder / "notes.txt").rename(folder / "renamed.txt")
+    assert ident() != before
+
+
+# --- _hash_clips: too short for the spec is quarantined ---------------------------------------
+
+def test_a_clip_exactly_as_long_as_the_spec_needs_is_too_short_one_frame_more_is_kept(tmp_path):
+    # frames = 5 at 8 fps sample t = 0 … 0.5 s, and the frame at 0.5 s must be on screen: a clip of
+    # 4 frames (0.500 s long) is too short, one of 5 (0.625 s) is long enough
+    files = {}
+    for n, frames in ((1, 4), (2, 5)):
+        files[n] = tmp_path / f"v{n}.mp4"
+        files[n].write_bytes(encode_mp4(np.zeros((frames, 16, 16, 3), np.uint8), 8.0))
+    assert clip_duration(files[1].read_bytes()) == pytest.approx(0.5)
+    result = IngestResult([Clip(f"v{n}", str(p), "c", "k", "motion") for n, p in files.items()])
+    digests = build_mod._hash_clips(result, (5 - 1) / 8.0, progress=False)
+    assert digests == {"v2": hashlib.sha256(files[2].read_bytes()).hexdigest()}
+    assert [c.id for c in result.clips] == ["v2"]
+    [rejected] = result.rejected
+    assert (rejected.source, rejected.reason) == (str(files[1]), "too_short")
+    assert rejected.detail == (f"{files[1]}: 0.50s long, the spec's frames and fps need more than 0.50s; "
+                               "use longer clips or lower data.frames")
+
+
+# --- read_inputs --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """4 conditions (one per category) × 3 clips of 9 frames at 8 fps, 32×32."""
+    out = tmp_path_factory.mktemp("src")
+    synthesize(str(out), conditions_per_category=1, clips_per_condition=3, frames=9, fps=8.0, size=32, progress=False)
+    return out
+
+
+def test_read_inputs_without_a_source_names_the_setting(tiny_backbones, tmp_path):
+    with pytest.raises(DataError) as err:
+        read_inputs(make_spec(tiny_backbones["cogvideox"], None, tmp_path), progress=False)
+    assert str(err.value) == ("data.source is not set: point it at the raw clips (a folder or s3:// prefix with "
+                              "metadata.csv), e.g. one written by `vap data synth`")
+
+
+def test_read_inputs_with_no_usable_clip_says_why_and_writes_the_quarantine(tiny_backbones, source, tmp_path):
+    shards = tmp_path / "shards"
+    spec = make_spec(tiny_backbones["cogvideox"], source, shards, frames=17)  # 9-frame clips are all too short
+    with pytest.raises(DataError) as err:
+        read_inputs(spec, progress=False)
+    assert str(err.value) == (f"{source}: no usable clips ({{'too_short': 12}}); fix the input (every row and its "
+                              f"reason: {shards}/quarantine/quarantine.csv)")
+    assert (shards / "quarantine" / "quarantine.csv").read_text().count("too_short") == 12
+
+
+def test_pairs_short_of_references_are_left_out_with_a_warning(tiny_backbones, source, tmp_path, caplog):
+    # 3 clips a condition: a target has 2 others, so 3 references per pair leaves every pair out and 2 keeps all
+    spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path, references_per_pair=2, reference_candidates=1)
+    kept = read_inputs(spec, progress=False)
+    assert {s: len(p) for s, p in kept.pairs.items()} == {"train": 9, "val": 0, "unseen": 3}
+    assert all(len(p.references) == 2 for ps in kept.pairs.values() for p in ps)  # candidates = max(m, 1)
+    spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path, references_per_pair=3, reference_candidates=1)
+    with caplog.at_level(logging.WARNING, logger="vap.datasets.build"):
+        none = read_inputs(spec, progress=False)
+    assert none.pairs == {"train": [], "val": [], "unseen": []}
+    assert caplog.messages == ["pairs left out, fewer than 3 references in their condition: "
+                               "{'train': 9, 'val': 0, 'unseen': 3}"]
+    single = read_inputs(make_spec(tiny_backbones["cogvideox"], source, tmp_path, reference_candidates=3), progress=False)
+    assert all(len(p.references) == 2 for p in single.pairs["train"])  # 3 wanted, 2 others in the condition
+
+
+def test_wan_with_two_references_is_refused_naming_the_limit(tiny_backbones, tmp_path, monkeypatch):
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("must not validate clips"))
+    spec = make_spec(tiny_backbones["wan"], tmp_path, tmp_path / "s", family="wan", references_per_pair=2)
+    with pytest.raises(DataError) as err:
+        build_snapshot(spec, progress=False)
+    assert str(err.value) == ("data.references_per_pair = 2, but a wan expert takes 1 reference (the authors' "
+                              "model supports one); set it to 1")
+
+
+# --- one real build -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real(tiny_backbones, source, tmp_path_factory):
+    """The source plus one clip too short for the spec (4 frames: 0.5 s), built for CogVideoX."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("real") / "src"
+    shutil.copytree(source, src)
+    short = sorted((src / "videos").iterdir())[0]
+    short.write_bytes(encode_mp4(np.zeros((4, 32, 32, 3), np.uint8), 8.0))
+    shards = src.parent / "shards"
+    spec = make_spec(tiny_backbones["cogvideox"], src, shards, reference_candidates=2)
+    return spec, build_snapshot(spec, progress=False), short
+
+
+def oracle_columns(encoder: ClipEncoder, spec, mp4: Path, caption: str) -> dict[str, np.ndarray]:
+    d = spec.data
+    video = read_clip(mp4.read_bytes(), frames=d.frames, fps=d.fps, height=d.height, width=d.width)
+    return {**encoder.encode_clip(video), "text": encoder.encode_text([caption])[0]}
+
+
+def test_the_built_index_counts_what_the_shards_hold(real):
+    import csv
+
+    spec, built, short = real
+    root = Path(spec.data.shards) / built.id
+    index = json.loads((root / "index.json").read_text())
+    rows = list(csv.DictReader((Path(spec.data.source) / "metadata.csv").open()))
+    assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id == index["id"]
+    assert (index["schema"], index["source"], index["family"], index["backbone"]) == (
+        snap.SCHEMA, spec.data.source, "cogvideox", spec.model.backbone)
+    assert index["clips"] == len(rows) - 1 and index["rejected"] == {"too_short": 1}
+    assert short.name in (root / "report" / "quarantine.csv").read_text()
+    assert index["text_len"] == 16 and len(index["build"]) == 32 and index["created"].endswith("Z")
+    encoded: set[str] = set()
+    for split in snap.SPLITS:
+        samples = read_split(root / split) if (root / split).exists() else []
+        by_condition: dict[str, int] = {}
+        for s in samples:
+            by_condition[s["condition"]] = by_condition.get(s["condition"], 0) + 1
+            encoded |= set(s["pair_id"].split("<-"))
+        assert index["counts"][split]["pairs"] == len(samples) and index["counts"][split]["by_condition"] == by_condition
+        files = sorted((root / split).rglob("*.mds.zstd")) if samples else []
+        assert [(h["file"], h["sha1"], h["samples"]) for h in index["shards"][split]] == [
+            (str(f.relative_to(root / split)), hashlib.sha1(f.read_bytes()).hexdigest(),
+             json.loads((f.parent / "index.json").read_text())["shards"][0]["samples"]) for f in files]
+    # 11 clips left in 4 conditions: the short clip's condition pairs its 2 others, each with the other
+    assert sum(index["counts"][s]["pairs"] for s in snap.SPLITS) == 11 and index["encoded_clips"] == len(encoded) == 11
+    assert built.index == index and not built.reused
+
+
+def test_every_stored_array_is_its_own_clips_encoding(real, tiny_backbones):
+    import csv
+
+    spec, built, short = real
+    rows = {r["video_paths"].rsplit(".", 1)[0]: r for r in csv.DictReader((Path(spec.data.source) / "metadata.csv").open())}
+    rows.pop(f"videos/{short.stem}")  # quarantined
+    encoder = ClipEncoder.from_pretrained("cogvideox", tiny_backbones["cogvideox"])
+    root = Path(spec.data.shards) / built.id
+    np.testing.assert_array_equal(np.load(root / "null_text.npy"), encoder.encode_text([""])[0])
+    want: dict[str, dict] = {}
+
+    def columns_of(clip_id: str) -> dict:
+        if clip_id not in want:
+            want[clip_id] = oracle_columns(encoder, spec, Path(spec.data.source) / rows[clip_id]["video_paths"],
+                                           rows[clip_id]["tar_video_caption"])
+        return want[clip_id]
+
+    for split in ("train", "unseen"):
+        for s in read_split(root / split):
+            target, reference = s["pair_id"].split("<-")
+            row = rows[target]
+            assert (s["condition"], s["target_caption"]) == (row["kind"], row["tar_video_caption"])
+            # the candidates: the pair's reference first, then the condition's other clips, 2 at most
+            others = {rows[k]["tar_video_caption"]: k for k in rows if rows[k]["kind"] == row["kind"] and k != target}
+            assert len(others) == sum(rows[k]["kind"] == row["kind"] for k in rows) - 1  # captions tell them apart
+            captions = json.loads(s["reference_caption"])
+            assert s["reference_candidates"] == len(captions) == min(2, len(others))
+            assert others[captions[0]] == reference
+            for name, value in columns_of(target).items():
+                np.testing.assert_array_equal(s[f"target_{name}"], value, err_msg=f"{s['pair_id']} target_{name}")
+            for i, caption in enumerate(captions):
+                for name, value in columns_of(others[caption]).items():
+                    np.testing.assert_array_equal(s[f"reference_{name}"][i], value,
+                                                  err_msg=f"{s['pair_id']} reference_{name}[{i}]")
+
+
+def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monkeypatch):
+    spec, built, _ = real
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("an unchanged source is not read again"))
+    again = build_snapshot(spec, progress=False)
+    assert again.reused and again.id == built.id and again.index["build"] == built.index["build"]
+    monkeypatch.undo()
+    (Path(spec.data.shards) / "LATEST").write_text("elsewhere")
+    forced = build_snapshot(spec, progress=False, force=True)
+    assert forced.id == built.id and not forced.reused and forced.index["build"] != built.index["build"]
+    assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id

@@ -144,7 +144,7 @@ def test_a_finished_part_is_skipped_and_the_rest_written(tmp_path, caplog):
     build_mod._write_split(split, pairs_of(3), 2, COLS, TaggedCache(), lambda n: None)
     (tmp_path / "train" / "part-00001" / snap.PART_DONE).unlink()  # as if killed while writing part 1
     cache, advanced = TaggedCache(), []
-    with caplog.at_level(logging.INFO, logger="vap.datasets.build"):
+    with caplog.at_level(logging.INFO, logger=build_mod.log.name):
         build_mod._write_split(split, pairs_of(3), 2, COLS, cache, advanced.append)
     assert cache.asked == ["v5", "v6"]  # only part 1's pair was encoded again
     assert advanced == [2, 1]  # the skipped part still counts towards the progress bar
@@ -324,7 +324,7 @@ def test_pairs_short_of_references_are_left_out_with_a_warning(tiny_backbones, s
     assert {s: len(p) for s, p in kept.pairs.items()} == {"train": 9, "val": 0, "unseen": 3}
     assert all(len(p.references) == 2 for ps in kept.pairs.values() for p in ps)  # candidates = max(m, 1)
     spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path, references_per_pair=3, reference_candidates=1)
-    with caplog.at_level(logging.WARNING, logger="vap.datasets.build"):
+    with caplog.at_level(logging.WARNING, logger=build_mod.log.name):
         none = read_inputs(spec, progress=False)
     assert none.pairs == {"train": [], "val": [], "unseen": []}
     assert caplog.messages == ["pairs left out, fewer than 3 references in their condition: "

@@ -9,7 +9,6 @@ no category column (like VAP-Data), so `SYNTH_CATEGORIES` maps each condition to
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -313,15 +312,46 @@ def _rate(fps: float):
     return Fraction(fps).limit_denominator(1001)
 
 
+# ---- neutral starts: counterfactual clips for the claims run (docs/CLAIMS.md) -----------------
+# Each condition again, moved so that it starts from its scene at rest: for concept, style and
+# motion the object at its place (the same picture for all 18), for camera the view at the
+# world's centre. Every move is continuous from there, so a VAE sees no cut at the first frame.
+
+def _triangle(u):  # 0 at u = 0, up to 1 at u = 0.5, down to -1 at u = 1.5, period 2
+    return 1 - 2 * np.abs((u + 0.5) % 2 - 1)
+
+
+def _moving(path: Callable[[Scene, float], tuple[float, float, float]]):
+    def render(s, t, size, rng):
+        return [_object(s, size, *path(s, ti)) for ti in t]
+    return render
+
+
+def _fading_in(fn: Callable[[np.ndarray, int], np.ndarray]):  # the style grows from none to full
+    def render(s, t, size, rng):
+        frames = _moving(lambda s, ti: (s.x + 0.15 * ti, s.y, s.radius))(s, t, size, rng)
+        return [(1 - ti) * c + ti * fn(c, size) for c, ti in zip(frames, t, strict=True)]
+    return render
+
+
+NEUTRAL: dict[str, Callable] = {  # the conditions whose own first frame is not their scene at rest
+    "grow": _moving(lambda s, t: (s.x, s.y, s.radius * (1 + 1.2 * t))),
+    **{name: _fading_in(fn) for name, fn in {"sepia": _sepia, "grayscale": _grayscale, "neon": _neon,
+                                             "stripes": _stripes, "checker": _checker, "invert": _invert}.items()},
+    "slide_right": _moving(lambda s, t: (s.x + (0.85 - s.x) * t, s.y, s.radius)),
+    "bounce": _moving(lambda s, t: (s.x, s.y - 0.25 * abs(np.sin(2 * np.pi * t)), s.radius)),
+    "circle_path": _moving(lambda s, t: (s.x - 0.2 + 0.2 * np.cos(2 * np.pi * t), s.y + 0.2 * np.sin(2 * np.pi * t),
+                                         s.radius)),
+    "zigzag": _moving(lambda s, t: (s.x + (0.85 - s.x) * t, s.y + 0.2 * _triangle(3 * t), s.radius)),
+    "pulse": _moving(lambda s, t: (s.x, s.y, s.radius * (1 + 0.5 * np.sin(4 * np.pi * t)))),
+    "blink": _moving(lambda s, t: (s.x, s.y, s.radius if int(6 * t) % 2 == 0 else 0.0)),
+    "pan_left": _camera(lambda t: (0.5 - 0.3 * t, 0.5, 0.5, 0.0)),
+    "pan_right": _camera(lambda t: (0.5 + 0.3 * t, 0.5, 0.5, 0.0)),
+    "zoom_in": _camera(lambda t: (0.5, 0.5, 0.5 - 0.3 * t, 0.0)),
+    "zoom_out": _camera(lambda t: (0.5, 0.5, 0.5 + 0.4 * t, 0.0)),
+    "tilt_up": _camera(lambda t: (0.5, 0.5 - 0.3 * t, 0.5, 0.0)),
+}  # morph, shatter, dissolve, split, petrify and orbit already start at rest
 STARTS = ("natural", "neutral")
-
-
-def _at_rest(category: str, s: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
-    """The scene before any condition acts: the object at its place, or for a camera move the
-    view at the world's centre (drawn from `rng`, so the camera moves of a scene share it)."""
-    if category == "camera":
-        return _view(_world(s, size, rng), size, 0.5, 0.5, 0.5, 0.0)
-    return _object(s, size, s.x, s.y, s.radius)
 
 
 def render_clip(condition: str, seed: int, index: int, *, frames: int, size: int,
@@ -329,24 +359,23 @@ def render_clip(condition: str, seed: int, index: int, *, frames: int, size: int
     """(uint8 frames [F, size, size, 3], caption) of clip `index` of `condition`; pure.
 
     start="neutral" renders counterfactual clips: clip `index` of every condition shares one
-    scene (colours, shape, place, camera world), and its first frame is that scene at rest
-    (`_at_rest`, the same for every condition of a category), so a first frame and its caption
-    have one continuation per condition and only a reference clip tells which."""
+    scene (colours, shape, place, camera world) and starts from it at rest (`NEUTRAL`), so a
+    first frame and its caption have one continuation per condition and only a reference clip
+    tells which."""
     if start not in STARTS:
         raise DataError(f"start={start!r}: use one of {', '.join(STARTS)}")
     category, phrase, render = CONDITIONS[condition]
+    if start == "neutral":
+        render = NEUTRAL.get(condition, render)
     # Seed per (seed, condition, index): a clip never changes when others are added. Neutral
     # starts seed per (seed, index) instead, so the conditions of a scene draw the same scene.
     key = f"{seed}/{condition}/{index}" if start == "natural" else f"{seed}/scene/{index}"
     digest = hashlib.sha256(key.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     scene = _scene(rng)
-    rest = _at_rest(category, scene, size, copy.deepcopy(rng)) if start == "neutral" else None
     t = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
-    video = np.stack(render(scene, t, size, rng))
-    if rest is not None:
-        video[0] = rest
-    return np.clip(video, 0, 255).astype(np.uint8), scene.caption(phrase)
+    video = np.clip(np.stack(render(scene, t, size, rng)), 0, 255).astype(np.uint8)
+    return video, scene.caption(phrase)
 
 
 def _clip_name(condition: str, index: int) -> str:

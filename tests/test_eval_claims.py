@@ -83,6 +83,21 @@ def test_neutral_start_keeps_each_condition_after_the_first_frame():
     assert all(b > a for a, b in zip(xs, xs[1:], strict=False))
 
 
+@pytest.mark.parametrize("condition", sorted(set(CONDITIONS) - {"blink"}))  # a blink is its cuts
+def test_neutral_start_moves_on_without_a_cut(condition):
+    # A cut after the first frame would be smeared by the toy VAE's causal convolutions into
+    # the later frames (measured: the judge then named 33 % of round trips, 61 % without a cut).
+    # The first step changes no more than the clip's other steps do (measured ≤ 1.2× the largest).
+    import numpy as np
+
+    from vap.datasets.synth import render_clip
+
+    for index in range(4):
+        video = render_clip(condition, 0, index, frames=18, size=32, start="neutral")[0].astype(float)
+        step = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))
+        assert step[0] <= 1.25 * step[1:].max(), index
+
+
 def test_claims_options_refuse_bad_input(tmp_path):
     from vap.datasets.synth import render_clip
     from vap.errors import DataError

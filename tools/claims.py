@@ -269,6 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--unseen", type=int, help="conditions held out whole (default: the config's)")
     ap.add_argument("--lr", type=float, help="expert learning rate (default: the config's trainer.lr)")
     ap.add_argument("--experts", default=",".join(EXPERTS), help=f"which of {', '.join(EXPERTS)} to train")
+    ap.add_argument("--probe-only", action="store_true", help="train and probe the experts, skip `vap eval`")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/CLAIMS.md and the figures")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
         log.info("%s probe %s gap %s", name, results["probe"][name]["val_loss"], results["probe"][name]["gap"])
     runs = (("val", "delta_minus_T", "val"), ("unseen", "delta_minus_T", "unseen"), ("val_delta_0", "delta_0", "val"))
     for key, name, split in runs:
-        if name not in folders or not snapshot.counts.get(split, {}).get("pairs"):
+        if args.probe_only or name not in folders or not snapshot.counts.get(split, {}).get("pairs"):
             continue
         report = evaluate(spec, str(folders[name]), split, args.pairs, out_dir=out / "eval" / snapshot.id / key,
                           record=False, progress=False)

@@ -440,3 +440,112 @@ def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monke
     forced = build_snapshot(spec, progress=False, force=True)
     assert forced.id == built.id and not forced.reused and forced.index["build"] != built.index["build"]
     assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id
+
+
+# --- the quick check of an unchanged source ----------------------------------------------------
+
+def listing_by_hand(folder: Path) -> list:
+    import os
+
+    out = []
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            p = Path(dirpath, name)
+            out.append([str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns])
+    return sorted(out)
+
+
+def test_the_listing_of_a_folder_is_every_file_with_its_size_and_mtime(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.mp4").write_bytes(b"123")
+    (tmp_path / "m.csv").write_text("h\n")
+    assert build_mod._listing(str(tmp_path)) == listing_by_hand(tmp_path)
+    assert [row[0] for row in build_mod._listing(str(tmp_path))] == ["a/b/x.mp4", "m.csv"]  # files only
+
+
+def test_the_quick_key_changes_with_any_file_under_the_root_and_any_setting(tiny_backbones, source, tmp_path):
+    import os
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    backbone = build_mod.backbone_folder(str(tiny_backbones["cogvideox"]))
+
+    def key(**data):
+        return build_mod.unchanged_source_key(make_spec(tiny_backbones["cogvideox"], src, tmp_path / "shards", **data),
+                                              backbone)
+
+    first = key()
+    assert len(first) == 32 and int(first, 16) >= 0 and key() == first
+    assert key(frames=9) != first and key(seed=3) != first
+    clip_file = sorted((src / "videos").iterdir())[0]
+    st = clip_file.stat()
+    os.utime(clip_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched: same bytes, newer mtime
+    touched = key()
+    assert touched != first
+    clip_file.write_bytes(clip_file.read_bytes() + b"\0")  # longer
+    grown = key()
+    assert grown not in (first, touched)
+    (src / "videos" / "new.txt").write_text("any file under the root counts")
+    assert key() != grown
+    # the key names the manifest: the same files read through another manifest are another source
+    shutil.copy(src / "metadata.csv", src / "other.csv")
+    with_both = key()
+    csv_spec = make_spec(tiny_backbones["cogvideox"], src / "other.csv", tmp_path / "shards")
+    assert build_mod.unchanged_source_key(csv_spec, backbone) != with_both
+
+
+def test_the_quick_key_covers_the_clip_root_not_only_the_manifests_folder(tiny_backbones, source, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(source, root / "data")
+    backbone = build_mod.backbone_folder(str(tiny_backbones["cogvideox"]))
+    spec = make_spec(tiny_backbones["cogvideox"], root / "data", tmp_path / "shards", clip_root=str(root))
+    first = build_mod.unchanged_source_key(spec, backbone)
+    (root / "beside.mp4").write_bytes(b"a clip beside the manifest's folder")
+    assert build_mod.unchanged_source_key(spec, backbone) != first
+    without = make_spec(tiny_backbones["cogvideox"], root / "data", tmp_path / "shards")
+    key = build_mod.unchanged_source_key(without, backbone)
+    (root / "beside.mp4").write_bytes(b"changed, but outside the manifest's folder")
+    assert build_mod.unchanged_source_key(without, backbone) == key
+    assert build_mod._data_root(spec, "/x/data/metadata.csv") == str(root)
+    assert build_mod._data_root(without, "/x/data/metadata.csv") == "/x/data"
+
+
+def test_a_source_that_cannot_be_listed_has_no_quick_key(tiny_backbones, tmp_path, caplog):
+    spec = make_spec(tiny_backbones["cogvideox"], tmp_path / "missing", tmp_path / "shards")
+    with caplog.at_level(logging.DEBUG, logger=build_mod.log.name):
+        assert build_mod.unchanged_source_key(spec, Path(tiny_backbones["cogvideox"])) is None
+    [message] = caplog.messages
+    assert message.startswith(f"no quick check of {tmp_path / 'missing'}: ")
+
+
+def test_a_snapshot_is_remembered_only_when_every_clip_is_under_the_root(tiny_backbones, source, tmp_path):
+    shards = tmp_path / "shards"
+    spec = make_spec(tiny_backbones["cogvideox"], source, shards)
+    inside = IngestResult([Clip("v1", str(source / "videos" / "a.mp4"), "c", "k", "motion")])
+    outside = IngestResult(inside.clips + [Clip("v2", "/elsewhere/b.mp4", "c", "k", "motion")])
+    build_mod._remember(spec, None, "sid0", inside)
+    assert not (shards / "sources").exists()  # no key, nothing to remember
+    build_mod._remember(spec, "k1", "sid1", outside)
+    assert not (shards / "sources").exists()
+    build_mod._remember(spec, "k2", "sid2", inside)
+    assert json.loads((shards / "sources" / "k2.json").read_text()) == {"id": "sid2", "source": str(source)}
+    assert build_mod._memo_snapshot(str(shards), "k2") is None  # the snapshot it names is not there
+    assert build_mod._memo_snapshot(str(shards), "k3") is None  # nothing remembered under that key
+
+
+def test_the_source_report_is_what_a_build_would_take_and_quarantine(tiny_backbones, source, tmp_path):
+    spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path / "shards", min_alignment=None)
+    report = build_mod.source_report(spec, tmp_path / "report", progress=False)
+    assert report["pairs"] == {"train": 9, "val": 0, "unseen": 3}
+    assert json.loads((tmp_path / "report" / "report.json").read_text()) == report
+    assert (tmp_path / "report" / "quarantine.csv").is_file() and not (tmp_path / "shards").exists()
+
+
+def test_no_training_pairs_says_why_and_the_fix():
+    assert build_mod.no_train_pairs("/d", 8, 1, 0.25) == (
+        "/d: no training pairs from 8 usable clips (a pair needs two training clips of one condition; "
+        "unseen_conditions=1, val_fraction=0.25 and rows whose split is val/test are held out); add clips, "
+        "or lower data.unseen_conditions / data.val_fraction")

@@ -549,3 +549,23 @@ def test_no_training_pairs_says_why_and_the_fix():
         "/d: no training pairs from 8 usable clips (a pair needs two training clips of one condition; "
         "unseen_conditions=1, val_fraction=0.25 and rows whose split is val/test are held out); add clips, "
         "or lower data.unseen_conditions / data.val_fraction")
+
+
+def test_the_listing_of_an_s3_prefix_is_every_object_with_its_size_and_etag(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    for var in ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="vap-b")
+        for key, body in (("data/videos/x.mp4", b"123"), ("data/metadata.csv", b"h\n"), ("other/y.mp4", b"4")):
+            s3.put_object(Bucket="vap-b", Key=key, Body=body)
+        etag = {k: s3.head_object(Bucket="vap-b", Key=k)["ETag"] for k in ("data/videos/x.mp4", "data/metadata.csv")}
+        assert build_mod._listing("s3://vap-b/data") == [["metadata.csv", 2, etag["data/metadata.csv"]],
+                                                     ["videos/x.mp4", 3, etag["data/videos/x.mp4"]]]
+        assert [row[0] for row in build_mod._listing("s3://vap-b")] == ["data/metadata.csv", "data/videos/x.mp4", "other/y.mp4"]

@@ -144,6 +144,7 @@ def test_rebuild_after_a_corrupt_shard_is_not_shadowed_by_the_cached_copy(tiny_b
     assert read_all() == stored_pairs(rebuilt.uri, "train")  # same cache folder, the rebuilt shards
 
 
+@pytest.mark.s3  # starts its own moto server (to stop it), not the session's s3_server fixture
 def test_the_s3_endpoint_dying_mid_build_is_one_line(tiny_backbones, source, tmp_path, monkeypatch):
     import boto3
     from conftest import free_port

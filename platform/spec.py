@@ -146,6 +146,11 @@ class TrainerSpec(_Strict):
         (0.9, 0.99), description="AdamW (beta1, beta2).")
     activation_checkpointing: bool = Field(
         False, description="Recompute each block's activations in backward (needed at 480p on 80 GB GPUs).")
+    partition_frozen: bool | None = Field(
+        None, description="ZeRO-3 also partitions the frozen backbone (gathered around every block's forward and "
+                          "backward: its share of memory per GPU shrinks with the GPUs, at the cost of gathers and "
+                          "per-module hooks); false keeps it whole on every rank, only the expert partitioned. "
+                          "Unset: partitioned on GPU (as `vap plan` counts it), whole on CPU.")
 
 
 class StorageSpec(_Strict):

@@ -57,3 +57,90 @@ def test_zero3_trains_only_the_expert(tiny_backbones, family):
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+# One rank of the platform's engine (`zero.build_engine`, what every worker builds): which
+# parameters ZeRO-3 owns, the first loss against the same model without DeepSpeed, two steps.
+ENGINE_SCRIPT = r"""
+import copy, json, sys, warnings
+warnings.filterwarnings("ignore")
+import torch, deepspeed, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_model_helpers import shard_batch
+from vap.spec import JobSpec
+from vap.training import zero
+from vap.training.families import get_family
+from vap.training.model import load_vap
+
+spec = JobSpec.model_validate(json.loads({spec!r}))
+family = spec.model.family
+model = load_vap(spec.model)
+plain = copy.deepcopy(model)  # the oracle: the same weights, no DeepSpeed
+frozen = {{k: v.clone() for k, v in model.backbone.state_dict().items()}}
+expert = {{k: v.clone() for k, v in model.expert.state_dict().items()}}
+zero.init_distributed(False)
+rank, world = dist.get_rank(), dist.get_world_size()
+engine, _ = zero.build_engine(model, spec, world)
+owned = [hasattr(p, "ds_id") for p in model.backbone.parameters()]
+assert all(owned) if zero.partitions_frozen(spec) else not any(owned), ("backbone under ZeRO-3", sum(owned))
+# every expert parameter is ZeRO-3's and split over the ranks (a rank holds ceil(numel / world))
+for name, p in model.expert.named_parameters():
+    assert hasattr(p, "ds_id") and p.ds_tensor.numel() == -(-p.ds_numel // world), name
+objective = get_family(family).objective(spec.model.backbone)
+for step in range(2):
+    batch = shard_batch(family, batch=1, seed=10 * step + rank)
+    kw = dict(caption_dropout=0.0, null_text=torch.zeros(batch["target_text"].shape[1:]))
+    loss = objective(engine, batch, generator=torch.Generator().manual_seed(step), **kw)
+    if step == 0:
+        with torch.no_grad():
+            want = objective(plain, batch, generator=torch.Generator().manual_seed(step), **kw)
+        assert torch.allclose(loss, want, rtol=1e-5, atol=1e-6), (float(loss), float(want))
+    engine.backward(loss)
+    engine.step()
+with deepspeed.zero.GatheredParameters(list(model.parameters())):
+    assert all(torch.equal(v, frozen[k]) for k, v in model.backbone.state_dict().items()), "backbone changed"
+    assert any(not torch.equal(v, expert[k]) for k, v in model.expert.state_dict().items()), "expert unchanged"
+dist.barrier()
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "partition_frozen"), [("cogvideox", None), ("wan", False), ("cogvideox", True)])
+def test_the_platform_engine_partitions_the_expert_and_the_backbone_only_when_asked(
+        tiny_backbones, tmp_path, family, partition_frozen):
+    """Two gloo ranks: on CPU by default the frozen backbone stays outside ZeRO-3 (whole on every rank,
+    no fetch/release hooks: `zero.TrainableOnly`); `trainer.partition_frozen` puts it back under
+    ZeRO-3. Either way the expert is split over the ranks, the first loss is the plain model's
+    and two steps move only the expert (Wan: its modulation tables, read outside their
+    modules' forward, too)."""
+    from test_train_preflight import _spec
+
+    from vap.spec import load_spec
+
+    spec = load_spec(_spec(tmp_path, trainer={"partition_frozen": partition_frozen}))
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={
+        "family": family, "backbone": str(tiny_backbones[family])})})
+    code = ENGINE_SCRIPT.format(tests=str(Path(__file__).parent), spec=spec.model_dump_json())
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),
+                                   "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "DS_ACCELERATOR": "cpu"})
+             for r in range(2)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    failed = {r: err[-3000:] for r, (proc, (out, err)) in enumerate(zip(procs, outputs, strict=True))
+              if proc.returncode != 0 or not out.strip().endswith("ok")}
+    assert not failed, failed
+
+
+@pytest.mark.parametrize(("use_gpu", "setting", "partitioned"),
+                         [(True, None, True), (False, None, False), (True, False, False), (False, True, True)])
+def test_the_frozen_backbone_is_partitioned_on_gpu_unless_the_spec_says(tmp_path, use_gpu, setting, partitioned):
+    from test_train_preflight import _spec
+
+    from vap.spec import load_spec
+    from vap.training.zero import partitions_frozen
+
+    spec = load_spec(_spec(tmp_path, trainer={"use_gpu": use_gpu, "partition_frozen": setting}))
+    assert partitions_frozen(spec) is partitioned

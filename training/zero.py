@@ -43,16 +43,67 @@ def init_distributed(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")  # adopts Ray's process group
 
 
+def partitions_frozen(spec: JobSpec) -> bool:
+    """Whether ZeRO-3 partitions the frozen backbone too: `trainer.partition_frozen`, unset →
+    on GPU (at scale the backbone is most of a GPU's memory, and gathers overlap compute) but
+    not on CPU (tests, demo: tiny modules, where ZeRO-3's per-module hooks cost more than the
+    compute they wrap)."""
+    t = spec.trainer
+    return t.use_gpu if t.partition_frozen is None else t.partition_frozen
+
+
+class TrainableOnly(torch.nn.Module):
+    """What the DeepSpeed engine wraps when the frozen backbone stays out of ZeRO-3: the expert
+    is its only submodule, so only the expert's parameters are partitioned and only its modules
+    get ZeRO-3's fetch/release hooks, while `forward` runs the whole VAP model. ZeRO-3 has no
+    per-module opt-out (it partitions every `module.parameters()`); diffusers' DeepSpeed scripts
+    keep frozen models outside the engine in the same way. State-dict keys stay `expert.…`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.expert = model.expert
+        object.__setattr__(self, "vap", model)  # not a submodule: DeepSpeed never sees the backbone
+        # parameters read outside their module's forward (Wan's modulation tables): the trainable
+        # ones are gathered around this module's forward instead of the model's, which has no hooks
+        import deepspeed  # `deepspeed.zero` is an attribute, not an importable module
+
+        for p in model.family.direct_params(model.backbone, model.expert.blocks):
+            if p.requires_grad:
+                deepspeed.zero.register_external_parameter(self, p)
+
+    # what the objective reads from `engine.module`
+    config = property(lambda self: self.vap.config)
+    device = property(lambda self: self.vap.device)
+    dtype = property(lambda self: self.vap.dtype)
+
+    def train(self, mode: bool = True):
+        self.vap.train(mode)
+        return self
+
+    def forward(self, *args, **kwargs):
+        return self.vap(*args, **kwargs)
+
+
 def build_engine(model, spec: JobSpec, world_size: int, universal: bool = False, zero_overrides: dict | None = None):
     """(engine, lr scheduler): AdamW over the expert only, linear warmup, ZeRO per the spec;
-    `universal` when it will restore a checkpoint written at another world size."""
+    `universal` when it will restore a checkpoint written at another world size. Unless the
+    backbone is partitioned too (`partitions_frozen`), the engine wraps `TrainableOnly(model)`:
+    the backbone is held whole by every rank (in the compute dtype, on the rank's device) and
+    never gathered."""
     import deepspeed
 
     t = spec.trainer
+    module = model
+    if t.zero_stage == 3 and not partitions_frozen(spec):
+        from deepspeed.accelerator import get_accelerator
+
+        model.backbone.to(get_accelerator().current_device_name() if t.use_gpu else "cpu",
+                          torch.bfloat16 if t.use_gpu else None)  # as the engine casts the expert (bf16 on GPU)
+        module = TrainableOnly(model)
     optimizer = torch.optim.AdamW(list(model.expert_parameters()), lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=warmup,
+    engine, _, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=warmup,
                                                    config=deepspeed_config(spec, world_size, universal, zero_overrides))
     return engine, scheduler
 

@@ -430,11 +430,15 @@ def test_every_stored_array_is_its_own_clips_encoding(real, tiny_backbones):
                                                   err_msg=f"{s['pair_id']} reference_{name}[{i}]")
 
 
-def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monkeypatch):
+def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monkeypatch, caplog):
     spec, built, _ = real
     monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("an unchanged source is not read again"))
-    again = build_snapshot(spec, progress=False)
+    (Path(spec.data.shards) / "LATEST").write_text("elsewhere")
+    with caplog.at_level(logging.INFO, logger=build_mod.log.name):
+        again = build_snapshot(spec, progress=False)
     assert again.reused and again.id == built.id and again.index["build"] == built.index["build"]
+    assert caplog.messages == [f"{spec.data.source} is unchanged since snapshot {built.id} was built: nothing to do"]
+    assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id
     monkeypatch.undo()
     (Path(spec.data.shards) / "LATEST").write_text("elsewhere")
     forced = build_snapshot(spec, progress=False, force=True)
@@ -569,3 +573,48 @@ def test_the_listing_of_an_s3_prefix_is_every_object_with_its_size_and_etag(monk
         assert build_mod._listing("s3://vap-b/data") == [["metadata.csv", 2, etag["data/metadata.csv"]],
                                                      ["videos/x.mp4", 3, etag["data/videos/x.mp4"]]]
         assert [row[0] for row in build_mod._listing("s3://vap-b")] == ["data/metadata.csv", "data/videos/x.mp4", "other/y.mp4"]
+
+
+def test_no_training_pairs_with_rejected_rows_points_at_the_quarantine(tiny_backbones, tmp_path, caplog, monkeypatch):
+    src = tmp_path / "src"
+    synthesize(str(src), conditions_per_category=1, clips_per_condition=2, frames=9, fps=8.0, size=32, progress=False)
+    csv = src / "metadata.csv"
+    csv.write_text(csv.read_text().replace(",train,", ",test,"))  # every row held out
+    sorted((src / "videos").iterdir())[0].write_bytes(encode_mp4(np.zeros((4, 32, 32, 3), np.uint8), 8.0))
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", lambda *a, **k: pytest.fail("must not encode"))
+    shards = tmp_path / "shards"
+    spec = make_spec(tiny_backbones["cogvideox"], src, shards, unseen_conditions=0)
+    with caplog.at_level(logging.WARNING, logger=build_mod.log.name), pytest.raises(DataError) as err:
+        build_snapshot(spec, progress=False)
+    assert str(err.value) == build_mod.no_train_pairs(str(src), 7, 0, 0.0)
+    assert caplog.messages == [f"quarantined rows: {shards}/quarantine/quarantine.csv"]
+    assert (shards / "quarantine" / "quarantine.csv").read_text().count("too_short") == 1
+
+
+def test_wan_with_one_reference_passes_the_limit_and_unwritable_shards_stop_the_build_first(tiny_backbones, tmp_path,
+                                                                                         monkeypatch):
+    from vap.errors import StorageError
+
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("must not validate clips"))
+    (tmp_path / "file").write_text("a file where the shards folder should be")
+    shards = tmp_path / "file" / "shards"
+    for family in ("wan", "cogvideox"):  # wan takes 1 reference: the default passes its limit
+        spec = make_spec(tiny_backbones[family], tmp_path, shards, family=family, references_per_pair=1)
+        with pytest.raises(StorageError, match=rf"^{shards}/.vap-write-probe-\d+: cannot write"):
+            build_snapshot(spec, progress=False)
+
+
+def test_no_progress_draws_nothing_on_a_terminal(tiny_backbones, source, tmp_path, monkeypatch):
+    import io
+
+    import rich
+    from rich.console import Console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(rich, "_console", Console(file=screen, force_terminal=True, width=100))
+    spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path / "shards")
+    read_inputs(spec, progress=False)
+    build_mod.source_report(spec, tmp_path / "report", progress=False)
+    assert screen.getvalue() == ""
+    read_inputs(spec)  # the control: by default the bars are drawn, and this screen sees them
+    assert "validating" in screen.getvalue()

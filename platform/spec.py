@@ -197,6 +197,9 @@ class RegistrySpec(_Strict):
     experiment: str = "vap"
     model_name: str = Field("vap-expert", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="What a challenger must show to become @champion.")
+    system_metrics_interval: float | None = Field(
+        None, gt=0, description="Seconds between samples of MLflow's system metrics (system/cpu_utilization_percentage, "
+                                "memory, disk, network; GPU with pynvml) on rank 0's node, into the job's run; unset: off.")
 
 
 def parse_tracking_uri(value: str) -> str:

@@ -515,13 +515,21 @@ class _Worker:
 
     # loop -------------------------------------------------------------------------------
     def run(self) -> None:
-        from vap.training import zero
-
         if self.tracker:
             self.logged = self.last_logged()
             if self.flops:  # what the MFU assumes, beside it
                 self.tracker.set_tags(self.config["run_id"], **{"vap.mfu.flops_per_step": f"{self.flops[0]:.4g}",
                                                                "vap.mfu.peak_flops": f"{self.flops[1]:.4g}"})
+        monitor = _system_metrics(self.spec, self.config.get("run_id")) if self.tracker else None
+        try:
+            self.loop()
+        finally:
+            if monitor:
+                monitor.finish()
+
+    def loop(self) -> None:
+        from vap.training import zero
+
         self.restore()
         if self.step == 0:
             self.pending[0] = {"eval_loss": self.evaluate()}
@@ -542,6 +550,21 @@ class _Worker:
             self.publish(self.step, values)
         if self.step_log:
             self.step_log.close()
+
+
+def _system_metrics(spec: JobSpec, run_id: str | None):
+    """MLflow's own system metrics monitor on this node, sampling every
+    `registry.system_metrics_interval` seconds into the job's run (a restarted rank 0 continues
+    its step count); None when off. It stops by itself once the run is closed."""
+    interval = spec.registry.system_metrics_interval
+    if not interval or not run_id:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
+                                   tracking_uri=spec.registry.tracking_uri)
+    monitor.start()
+    return monitor
 
 
 def _assumed_flops(spec: JobSpec) -> tuple[float, float] | None:

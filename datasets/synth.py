@@ -382,6 +382,17 @@ def _clip_name(condition: str, index: int) -> str:
     return f"videos/{condition}_{index:03d}.mp4"
 
 
+def scene_twins(clip_id: str, conditions: list[str]) -> dict[str, str]:
+    """The ids of clip `clip_id`'s scene under each of `conditions`: in a neutral-start set clip i
+    of every condition is one scene ("videos/bounce_003" -> {"sepia": "videos/sepia_003", ...})."""
+    folder, _, name = clip_id.rpartition("/")
+    condition, _, index = name.rpartition("_")
+    if condition not in CONDITIONS or not index.isdigit():
+        raise DataError(f"{clip_id}: not a synthetic clip id (<folder>/<condition>_<index>); twins need "
+                        "`vap data synth` clips")
+    return {c: f"{folder}/{c}_{index}" if folder else f"{c}_{index}" for c in conditions}
+
+
 def pick_conditions(per_category: int) -> list[str]:
     by_cat: dict[str, list[str]] = {}
     for name, (cat, _, _) in CONDITIONS.items():

@@ -116,3 +116,56 @@ def test_neutral_set_names_its_conditions_and_marks_its_start(tmp_path):
     assert (summary.clips, summary.conditions) == (4, 2)
     assert {c.condition for c in ingest(str(tmp_path)).clips} == {"bounce", "pan_left"}
     assert json.loads((tmp_path / "synth.json").read_text())["start"] == "neutral"
+
+
+def test_scene_twins_name_one_scene_under_each_condition(tmp_path):
+    from vap.datasets.synth import scene_twins
+    from vap.errors import DataError
+
+    assert scene_twins("videos/bounce_003", ["sepia", "bounce"]) == {"sepia": "videos/sepia_003",
+                                                                     "bounce": "videos/bounce_003"}
+    # the ids `vap data build` gives a synthetic set's clips are exactly these
+    synthesize(str(tmp_path), conditions=["bounce", "sepia"], clips_per_condition=2, frames=5, size=16,
+               start="neutral", progress=False)
+    ids = {c.id for c in ingest(str(tmp_path)).clips}
+    assert set(scene_twins(sorted(ids)[0], ["bounce", "sepia"]).values()) <= ids
+    with pytest.raises(DataError, match="not a synthetic clip id"):
+        scene_twins("clips/walk-in-park", ["bounce"])
+
+
+class _AlwaysFirst:
+    """A recogniser that names the first condition whatever it sees (the twin judge ignores it)."""
+
+    conditions = ["sepia", "invert", "grayscale", "neon"]
+
+    def predict_proba(self, clips):
+        import numpy as np
+
+        p = np.zeros((len(clips), len(self.conditions)))
+        p[:, 0] = 1
+        return p
+
+
+def test_each_output_is_judged_by_its_nearest_twin():
+    import numpy as np
+
+    from vap.datasets.synth import render_clip
+    from vap.evaluation.evaluate import _Pair, _row, nearest_twin
+
+    conditions = _AlwaysFirst.conditions
+    twins = {c: render_clip(c, 0, 5, frames=9, size=32, start="neutral")[0] for c in conditions}
+    noise = np.random.default_rng(0).integers(-20, 21, size=twins["sepia"].shape)
+    for c, clip in twins.items():  # a twin, and a twin under pixel noise, are nearest to themselves
+        assert nearest_twin(clip, twins) == c
+        assert nearest_twin(np.clip(clip.astype(int) + noise, 0, 255).astype(np.uint8), twins) == c
+    target = _Pair("p", "invert", "style", twins["invert"], twins["neon"], "", "", 0.0, twins)
+    other = _Pair("q", "neon", "style", None, twins["sepia"], "", "", 0.0)
+    # VAP carried its reference (invert), the backbone alone drew another condition (grayscale), and
+    # the mismatched run carried the mismatched reference's condition (neon)
+    row = _row(_AlwaysFirst(), target, twins["invert"], twins["grayscale"], other, twins["neon"])
+    assert (row["counterfactual_top1"], row["baseline_backbone.counterfactual_top1"],
+            row["mismatched.counterfactual_top1"]) == (1.0, 0.0, 1.0)
+    assert row["alignment_top1"] == 0.0  # the recogniser's verdict stays its own
+    without = _row(_AlwaysFirst(), _Pair("p", "invert", "style", twins["invert"], twins["neon"], "", "", 0.0),
+                   twins["invert"], twins["grayscale"], other, twins["neon"])
+    assert not any(k.endswith("counterfactual_top1") for k in without)

@@ -296,11 +296,17 @@ def main(argv=None) -> int:
         results["probe"][name] = probe(spec, folders[name], val)
         log.info("%s probe %s gap %s", name, results["probe"][name]["val_loss"], results["probe"][name]["gap"])
     runs = (("val", "delta_minus_T", "val"), ("unseen", "delta_minus_T", "unseen"), ("val_delta_0", "delta_0", "val"))
+    twins = None
+    if args.start == "neutral":  # counterfactual clips: each output is also judged by its nearest twin
+        from vap.datasets.synth import CONDITIONS, scene_twins
+
+        def twins(clip_id, every=conditions or list(CONDITIONS)):
+            return scene_twins(clip_id, every)
     for key, name, split in runs:
         if args.probe_only or name not in folders or not snapshot.counts.get(split, {}).get("pairs"):
             continue
         report = evaluate(spec, str(folders[name]), split, args.pairs, out_dir=out / "eval" / snapshot.id / key,
-                          record=False, progress=False)
+                          record=False, progress=False, twins=twins)
         results["eval"][key] = report.summary()["overall"]
         print(report.table())
     (out / f"claims-{snapshot.id}.json").write_text(json.dumps(results, indent=1))

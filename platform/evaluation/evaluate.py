@@ -46,18 +46,23 @@ class _Pair:
     caption: str
     reference_caption: str
     loss: float
+    twins: dict[str, np.ndarray] | None = None  # the target's scene under each condition
 
 
 def evaluate(spec: JobSpec | str | Path, model: str, split: str = "val", pairs: int | None = None, *,
              out_dir: str | Path | None = None, steps: int = 25, guidance_scale: float = 1.0, seed: int = 0,
              record: bool = True, recogniser: str | Path | None = None, progress: bool = True,
-             reference_guidance_scale: float = 0.0) -> EvalReport:
+             reference_guidance_scale: float = 0.0, twins=None) -> EvalReport:
     """Evaluate `model` (`models:/name@alias`, `models:/name/N` or a checkpoint URI) on the first
     `pairs` pairs (None: all) of `split` of the spec's snapshot. Writes `eval-<split>.json`,
     `grid-<split>.png` and `grid-<split>.mp4` to `out_dir` (if given) and, for a registered
     version with `record`, puts the metrics and those files on its MLflow run.
     reference_guidance_scale: the pipeline's push along (with − without reference), for the runs
-    with a reference."""
+    with a reference.
+    twins: for counterfactual data (`vap.datasets.synth` start="neutral"), a function of a target
+    clip id giving the ids of the same scene under each condition ({condition: clip id}); each
+    output then also gets `counterfactual_top1`: 1 when the twin it is nearest to in pixels
+    (`metrics.similarity`) is the condition it should carry — a judge that needs no recogniser."""
     import torch
     from rich.progress import Progress
 
@@ -110,7 +115,7 @@ def evaluate(spec: JobSpec | str | Path, model: str, split: str = "val", pairs: 
                 loss = objective(pipe.transformer, batch, generator=torch.Generator().manual_seed(LOSS_SEED)).item()
             held.append(_Pair(pair_id, batch["condition"][0], batch["category"][0], clip(target_id), clip(ref_id),
                               scene_caption(batch["target_caption"][0]), scene_caption(batch["reference_caption"][0]),
-                              loss))
+                              loss, {c: clip(i) for c, i in twins(target_id).items()} if twins else None))
             bar.advance(task)
             if len(held) == total:
                 break
@@ -159,12 +164,23 @@ def _row(rec, p: _Pair, out, alone, other: _Pair | None, wrong) -> dict[str, flo
         c = rec.conditions.index(condition)
         row[f"{name}alignment_top1"] = float(prob.argmax() == c)
         row[f"{name}alignment_prob"] = float(prob[c])
+    if p.twins:
+        for (clip, condition), name in zip(judged, names, strict=False):
+            if condition in p.twins:
+                row[f"{name}counterfactual_top1"] = float(nearest_twin(clip, p.twins) == condition)
     row["copying"] = metrics.copying(out, p.reference, p.target)["copying"]
     row["motion_smoothness"] = metrics.motion_smoothness(out)
     row["dynamic_degree"] = metrics.dynamic_degree(out)
     row["temporal_flicker"] = metrics.temporal_flicker(out)
     row["loss"] = p.loss
     return row
+
+
+def nearest_twin(output: np.ndarray, twins: dict[str, np.ndarray]) -> str:
+    """The condition whose twin (the same scene under it) is most similar to `output` in pixels."""
+    from vap.evaluation.metrics import similarity
+
+    return max(twins, key=lambda c: similarity(output, twins[c]))
 
 
 def _rotate(pool: list, i: int) -> list:

@@ -440,6 +440,23 @@ def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monke
     assert caplog.messages == [f"{spec.data.source} is unchanged since snapshot {built.id} was built: nothing to do"]
     assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id
     monkeypatch.undo()
+    # touched, same bytes: the quick key misses, the clips are validated and hashed, the id is found
+    import os
+
+    clip_file = sorted((Path(spec.data.source) / "videos").iterdir())[-1]
+    st = clip_file.stat()
+    os.utime(clip_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", lambda *a, **k: pytest.fail("the same inputs are not encoded"))
+    (Path(spec.data.shards) / "LATEST").write_text("elsewhere")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=build_mod.log.name):
+        found = build_snapshot(spec, progress=False)
+    assert found.reused and found.id == built.id and found.index["build"] == built.index["build"]
+    assert caplog.messages == [f"snapshot {built.id} already built from these inputs: nothing to do"]
+    assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("remembered under the new key"))
+    assert build_snapshot(spec, progress=False).reused
+    monkeypatch.undo()
     (Path(spec.data.shards) / "LATEST").write_text("elsewhere")
     forced = build_snapshot(spec, progress=False, force=True)
     assert forced.id == built.id and not forced.reused and forced.index["build"] != built.index["build"]

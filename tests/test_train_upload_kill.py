@@ -1,7 +1,9 @@
 """A worker SIGKILLed in the middle of a checkpoint upload, at trainer level, against a real local
 Ray cluster, DeepSpeed ZeRO-3 on 2 ranks and S3 (moto) behind the fault proxy: the half-uploaded
-checkpoint is never restored — the restarted workers resume from the committed one before it, the
-run ends bitwise equal to an uninterrupted one, and only committed checkpoints are left. A store
+checkpoint is never restored — the restarted workers resume from the committed one before it
+(their restore's reads answered with 503s and connection resets past botocore's own retries,
+retried by the checkpoint's backoff), the run ends bitwise equal to an uninterrupted one, and
+only committed checkpoints are left. A store
 that refuses every write of a checkpoint stops the run with one StorageError line, the run
 FAILED, the checkpoint before it committed and whole."""
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.parse
+from pathlib import Path
 
 import pytest
 from s3_faults import S3FaultProxy
@@ -28,6 +32,20 @@ pytestmark = pytest.mark.slow
 
 STEPS, EVERY = 4, 2
 STALLED = ckpt.step_dir(STEPS)  # the checkpoint whose upload the kill interrupts
+RESTORED = ckpt.step_dir(EVERY)  # the committed one the restarted workers restore
+# Faults on the restore's reads, each served 5 times: botocore makes 3 attempts a request, so
+# of 2 ranks' downloads at least one gives up and `ckpt.retrying` retries the whole download.
+RESTORE_FAULTS = ((rf"/{RESTORED}/{ckpt.TAG}/.*optim_states", "503"), (rf"prefix=[^&]*/{RESTORED}/", "reset"))
+
+
+def _worker_log_lines(needle: str) -> list[str]:
+    """Lines of this Ray session's worker logs holding `needle` (the workers log to files: the
+    session's cluster runs with log_to_driver=False)."""
+    import ray._private.worker
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return [line for f in sorted(logs.glob("worker-*")) for line in f.read_text(errors="replace").splitlines()
+            if needle in line]
 
 
 def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
@@ -36,7 +54,12 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
 
     root, backbone = world
     db = f"sqlite:///{root}/mlflow-upload.db"
-    clean = train(_spec(root, "upload-clean", backbone, db, steps=STEPS, checkpoint_every=EVERY), progress=False)
+    clean = _spec(root, "upload-clean", backbone, db, steps=STEPS, checkpoint_every=EVERY)
+    # the uninterrupted run also carries MLflow's system metrics, sampled every second by rank 0
+    clean = clean.model_copy(update={"registry": clean.registry.model_copy(update={"system_metrics_interval": 1})})
+    clean = train(clean, progress=False)
+    cpu = Registry(db, "upload-clean-expert").metric_history(clean.run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0 <= v <= 100 for _, v in cpu), cpu
 
     spec = _spec(root, "upload-killed", backbone, db, steps=STEPS, checkpoint_every=EVERY, max_failures=1)
     spec = spec.model_copy(update={"storage": spec.storage.model_copy(update={"uri": f"{s3_bucket}/runs"})})
@@ -56,6 +79,8 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
             if proxy.injected and workers:
                 seen["stored"] = set(storage.list_files(storage.join(job, STALLED)))
                 seen["committed"] = [s for s, _, ok in ckpt.checkpoints(job) if ok]
+                for path, kind in RESTORE_FAULTS:
+                    proxy.fail("GET", path, kind, times=5)
                 workers[0].send_signal(signal.SIGKILL)
 
         result = train_beside(spec, killer)
@@ -65,6 +90,11 @@ def test_a_worker_killed_mid_upload_never_restores_the_partial_checkpoint(
     assert seen["committed"] == [EVERY]
     assert seen["stored"] and ckpt.COMMITTED not in seen["stored"]
     assert f"{ckpt.MANIFEST_DIR}/rank-1.json" not in seen["stored"]
+    # the restore met every fault, and retried: its warnings name the download and the checkpoint
+    served = {kind for _, path, kind in proxy.injected if RESTORED in urllib.parse.unquote(path)}
+    assert served == {"503", "reset"}, proxy.injected
+    retries = _worker_log_lines(f"download of {job}/{RESTORED} failed")
+    assert retries and all("retrying in" in line for line in retries), retries
     # restored from step 2, not the partial step 4: the same weights as the run never killed
     assert _expert_bytes(result.checkpoint_uri) == _expert_bytes(clean.checkpoint_uri)
     registry = Registry(db, "upload-killed-expert")

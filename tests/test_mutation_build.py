@@ -221,6 +221,14 @@ def test_the_snapshot_id_covers_every_clip_label_every_setting_and_the_rejected(
 
     first, settings = sid()
     assert first == sid()[0] and len(first) == 16
+    # the id's layout written out (ids must stay stable: a renamed key would rebuild every snapshot)
+    labels = [{"id": "v1", "sha256": "d1", "caption": "caption 1", "condition": "c0", "category": "motion",
+               "split": "train", "alignment": 50.0, "refs": ["v2"]},
+              {"id": "v2", "sha256": "d2", "caption": "caption 2", "condition": "c0", "category": "motion",
+               "split": "train", "alignment": None, "refs": []}]
+    identity = build_mod.backbone_identity(str(tiny_backbones["cogvideox"]), backbone)
+    assert first == snap.snapshot_id(labels, {"data": settings["data"], "family": "cogvideox",
+                                              "backbone": identity, "rejected": []})
     want_data = {"frames": 5, "fps": 8.0, "time_window": "evenly", "height": 32, "width": 32, "text_len": None,
                  "min_alignment": 10.0, "seed": 0, "refs_per_target": 1, "reference_candidates": 4,
                  "references_per_pair": 1, "val_fraction": 0.0, "unseen_conditions": 1, "pairs_per_part": 4}
@@ -635,3 +643,29 @@ def test_no_progress_draws_nothing_on_a_terminal(tiny_backbones, source, tmp_pat
     assert screen.getvalue() == ""
     read_inputs(spec)  # the control: by default the bars are drawn, and this screen sees them
     assert "validating" in screen.getvalue()
+    screen.truncate(0)
+    build_mod.source_report(spec, tmp_path / "report")
+    assert "validating" in screen.getvalue()
+
+
+def test_the_cache_holds_the_last_128_clips_by_default(tmp_path, monkeypatch):
+    from vap.datasets import encode
+
+    monkeypatch.setattr(encode, "read_clip", lambda data, **kw: np.zeros((1, 2, 2, 3), np.uint8))
+    (tmp_path / "x.mp4").write_bytes(b"not read")
+    clips = [Clip(f"v{i}", str(tmp_path / "x.mp4"), "c", "k", "motion") for i in range(129)]
+    cache = build_mod._ClipCache(CountingEncoder(), make_spec("/bb", None, tmp_path).data, {})
+    for c in clips[:128]:
+        cache.get(c)
+    cache.get(clips[0])
+    assert cache.encoded == 128  # all 128 still held
+    cache.get(clips[128])  # the 129th evicts the least recently used: v1
+    assert list(cache.items)[0] == "v2" and len(cache.items) == 128 and "v0" in cache.items
+
+
+def test_a_clip_that_cannot_be_read_is_named(tiny_backbones, tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"no video here")
+    spec = make_spec(tiny_backbones["cogvideox"], None, tmp_path)
+    cache = build_mod._ClipCache(CountingEncoder(), spec.data, {})
+    with pytest.raises(DataError, match=rf"^{tmp_path}/broken.mp4: "):
+        cache.get(Clip("b", str(tmp_path / "broken.mp4"), "c", "k", "motion"))

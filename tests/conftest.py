@@ -83,10 +83,16 @@ if REPO.name == "mutants":  # `make mutate`: mutmut's copy of the tree (docs/TES
 SERVER_MARKERS = {"s3_server": "s3", "mlflow_server": "mlflow", "ray_cluster": "ray"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     for item in items:
-        for fixture in set(SERVER_MARKERS) & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture in set(SERVER_MARKERS) & fixtures:
             item.add_marker(SERVER_MARKERS[fixture])
+        # `pytest -n 2 --dist loadgroup` (make test): the slow tests and those on the Ray cluster
+        # run in turn on one worker, never two Ray / DeepSpeed jobs side by side on 2 cores
+        if "ray_cluster" in fixtures or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
 
 
 def free_port() -> int:

@@ -63,12 +63,13 @@ def test_zero3_trains_only_the_expert(tiny_backbones, family):
 # parameters ZeRO-3 owns, the first loss against the same model without DeepSpeed, two steps.
 ENGINE_SCRIPT = r"""
 import copy, json, sys, warnings
+from pathlib import Path
 warnings.filterwarnings("ignore")
 import torch, deepspeed, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from test_model_helpers import shard_batch
 from vap.spec import JobSpec
-from vap.training import zero
+from vap.training import checkpoint as ckpt, zero
 from vap.training.families import get_family
 from vap.training.model import load_vap
 
@@ -100,6 +101,14 @@ for step in range(2):
 with deepspeed.zero.GatheredParameters(list(model.parameters())):
     assert all(torch.equal(v, frozen[k]) for k, v in model.backbone.state_dict().items()), "backbone changed"
     assert any(not torch.equal(v, expert[k]) for k, v in model.expert.state_dict().items()), "expert unchanged"
+# a checkpoint keeps the ZeRO state and the serving expert, not DeepSpeed's copies of its scripts
+folder = Path({out!r}) / f"rank-{{rank}}"
+folder.mkdir(parents=True)
+ckpt.save(engine, model, folder, step=2, loader_state={{}}, meta={{}})
+names = {{str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}}
+assert f"vap/zero_pp_rank_{{rank}}_mp_rank_00_optim_states.pt" in names, names
+assert not names & set(ckpt.RECOVERY_SCRIPTS), names
+assert rank or "expert/diffusion_pytorch_model.safetensors" in names, names
 dist.barrier()
 dist.destroy_process_group()
 print("ok")
@@ -112,9 +121,9 @@ def test_the_platform_engine_partitions_the_expert_and_the_backbone_only_when_as
         tiny_backbones, tmp_path, family, partition_frozen):
     """Two gloo ranks: on CPU by default the frozen backbone stays outside ZeRO-3 (whole on every rank,
     no fetch/release hooks: `zero.TrainableOnly`); `trainer.partition_frozen` puts it back under
-    ZeRO-3. Either way the expert is split over the ranks, the first loss is the plain model's
-    and two steps move only the expert (Wan: its modulation tables, read outside their
-    modules' forward, too)."""
+    ZeRO-3. Either way the expert is split over the ranks, the first loss is the plain model's,
+    two steps move only the expert (Wan: its modulation tables, read outside their modules'
+    forward, too) and a checkpoint holds the ZeRO state without DeepSpeed's script copies."""
     from test_train_preflight import _spec
 
     from vap.spec import load_spec
@@ -122,7 +131,7 @@ def test_the_platform_engine_partitions_the_expert_and_the_backbone_only_when_as
     spec = load_spec(_spec(tmp_path, trainer={"partition_frozen": partition_frozen}))
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={
         "family": family, "backbone": str(tiny_backbones[family])})})
-    code = ENGINE_SCRIPT.format(tests=str(Path(__file__).parent), spec=spec.model_dump_json())
+    code = ENGINE_SCRIPT.format(tests=str(Path(__file__).parent), spec=spec.model_dump_json(), out=str(tmp_path / "ckpt"))
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),

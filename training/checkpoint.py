@@ -2,8 +2,11 @@
 to object storage so that a crash mid-upload never leaves something that looks restorable.
 
 Layout under `<storage.uri>/<job>/step-<NNNNNNNN>/` (every rank uploads its own files):
-  vap/                        DeepSpeed ZeRO checkpoint, frozen backbone excluded
-      mp_rank_00_model_states.pt, zero_pp_rank_<r>_mp_rank_00_optim_states.pt, …
+  vap/                        DeepSpeed ZeRO checkpoint, frozen backbone excluded; per rank r:
+      zero_pp_rank_<r>_mp_rank_00_optim_states.pt   its partition: fp32 weights, Adam's m and v
+      zero_pp_rank_<r>_mp_rank_00_model_states.pt   ≈33 KB whatever the model's size: ZeRO-3's
+          empty parameter placeholders, parameter shapes, DeepSpeed's config and counters, and the
+          client state (step, loader position, torch RNG state)
   latest                      DeepSpeed's tag pointer
   expert/                     the consolidated expert (safetensors, save_pretrained layout)
   vap-checkpoint.json         step, metrics, data snapshot — written by rank 0
@@ -40,6 +43,7 @@ EXPERT_DIR = "expert"
 META = "vap-checkpoint.json"
 MANIFEST_DIR = "manifest"
 COMMITTED = "COMMITTED"
+RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 T = TypeVar("T")
@@ -72,6 +76,11 @@ def save(engine, model, folder: Path, *, step: int, loader_state: dict, meta: di
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     client = {"step": step, "loader": loader_state, "world_size": world, "rng": torch.get_rng_state()}
     engine.save_checkpoint(str(folder), tag=TAG, client_state=client, exclude_frozen_parameters=True)
+    # DeepSpeed copies its consolidation scripts into every checkpoint (41 KB, 6 % of the tiny
+    # demo expert's state): code the installed package runs as well (`python -m
+    # deepspeed.utils.zero_to_fp32 <step-folder> <out>`), so they are not stored
+    for script in RECOVERY_SCRIPTS:
+        (folder / script).unlink(missing_ok=True)
     # ZeRO-3 shards every parameter; gather the expert's (collective) and let rank 0 write it.
     params = list(model.expert_parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):

@@ -127,8 +127,13 @@ def train_or_reuse(spec, snapshot, train, name: str, rope_delta, steps: int) -> 
 
 
 def probe(spec, folder: Path, val) -> dict:
-    from vap.evaluation.probe import (expert_drift, reference_attention_share, reference_gap, reference_loss_rows,
-                                      reference_losses)
+    from vap.evaluation.probe import (
+        expert_drift,
+        reference_attention_share,
+        reference_gap,
+        reference_loss_rows,
+        reference_losses,
+    )
     from vap.training.families import get_family
     from vap.training.pipeline import VAPPipeline
 

@@ -13,7 +13,10 @@ each other), each writing its own results JSON, then gathers the ratios:
 
 Writes benchmarks/results/summary.json, summary.md and summary.png, and the table into the
 README between its `bench` markers. `--quick` runs smaller sizes (minutes, not tens of them);
-`--only P1 P3 …` picks suites; `--collect` only rebuilds the table from the JSON on disk.
+`--only train …` runs some suites and takes the others' ratios from their JSON on disk;
+`--collect` runs nothing and rebuilds the table from the JSON alone. Each suite run is recorded
+in results/runs.json (date, arguments, load), so a table gathered from runs of different days
+says which ratio comes from which run.
 No ratio here is asserted by a test: timings on a shared 2-core machine are evidence, not a spec.
 """
 
@@ -32,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
+RUNS = RESULTS / "runs.json"  # suite → when and how its results JSON was last measured
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 
 # suite → (script, full arguments, quick arguments, the ratios it provides)
@@ -112,6 +116,27 @@ def rows() -> list[Row]:
     return out
 
 
+def record_run(name: str, args: list[str], seconds: float, ok: bool) -> None:
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    runs[name] = {"script": SUITES[name][0], "args": args, "ok": ok, "seconds": round(seconds), **machine(),
+                  "time": time.strftime("%H:%M UTC", time.gmtime())}
+    RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+
+
+def provenance(rs: list[Row]) -> list[str]:
+    """One line per suite of the table: which ratios, measured when, how and under what load."""
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    lines = []
+    for name, (script, *_, gives) in SUITES.items():
+        if not any(r.id in gives and r.ratio is not None for r in rs):
+            continue
+        run = runs.get(name)
+        how = (f"{run['date']} {run['time']}, `{' '.join([script, *run['args']])}`, load {run['load_avg_1m']}"
+               + ("" if run["ok"] else ", FAILED: ratios from an earlier run") if run else "run not recorded")
+        lines.append(f"- {', '.join(gives)}: {how}")
+    return lines
+
+
 def machine() -> dict:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
@@ -119,11 +144,10 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
-def table(rs: list[Row], m: dict, collected: bool, quick: bool = False) -> str:
-    how = ("Collected from the suites' results JSON (each from its own last run)" if collected else
-           f"Measured {m['date']} by `make bench{' QUICK=1' if quick else ''}` in one run")
-    lines = [f"{how} on {m['cpus']} CPUs ({m['machine']}, Python {m['python']}, load {m['load_avg_1m']}); "
-             "each ratio is measured side by side within its suite.", "",
+def table(rs: list[Row], m: dict) -> str:
+    lines = [f"Each ratio is measured side by side within its suite, on {m['cpus']} CPUs ({m['machine']}, "
+             f"Python {m['python']}); the suites' last runs (`make bench`, results/runs.json; load is the "
+             "1-minute load average from other work at the end of the run):", "", *provenance(rs), "",
              "| | what | ratio | goal | |", "|---|---|---|---|---|"]
     for r in rs:
         ratio = "not run" if r.ratio is None else f"{r.ratio:.3g}"
@@ -184,10 +208,11 @@ def main() -> None:
             proc = subprocess.run(cmd)
             status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
             print(f"[bench] {name}: {status} in {time.monotonic() - started:.0f} s", flush=True)
+            record_run(name, cmd[2:], time.monotonic() - started, proc.returncode == 0)
         paper_scale_p3()
     rs = rows()
     m = machine()
-    text = table(rs, m, collected=args.collect, quick=args.quick)
+    text = table(rs, m)
     (RESULTS / "summary.json").write_text(json.dumps({"machine": m, "rows": [asdict(r) for r in rs]}, indent=1) + "\n")
     (RESULTS / "summary.md").write_text(text + "\n")
     plot(rs, RESULTS / "summary.png")

@@ -354,7 +354,11 @@ def test_wan_with_two_references_is_refused_naming_the_limit(tiny_backbones, tmp
 
 @pytest.fixture(scope="module")
 def real(tiny_backbones, source, tmp_path_factory):
-    """The source plus one clip too short for the spec (4 frames: 0.5 s), built for CogVideoX."""
+    """The source plus one clip too short for the spec (4 frames: 0.5 s), built for CogVideoX over
+    what an interrupted build left at the snapshot's place (a folder without index.json).
+
+    Module-scoped, so mutmut counts the build towards the first test that asks for it only: the
+    checks of the build itself are therefore one test, `test_a_real_build_...`."""
     import shutil
 
     src = tmp_path_factory.mktemp("real") / "src"
@@ -363,6 +367,8 @@ def real(tiny_backbones, source, tmp_path_factory):
     short.write_bytes(encode_mp4(np.zeros((4, 32, 32, 3), np.uint8), 8.0))
     shards = src.parent / "shards"
     spec = make_spec(tiny_backbones["cogvideox"], src, shards, reference_candidates=2)
+    sid, _ = identify(spec, read_inputs(spec, progress=False), build_mod.backbone_folder(spec.model.backbone))
+    (shards / sid / "train").mkdir(parents=True)  # not a snapshot yet: it must be built, not reused
     return spec, build_snapshot(spec, progress=False), short
 
 
@@ -372,7 +378,12 @@ def oracle_columns(encoder: ClipEncoder, spec, mp4: Path, caption: str) -> dict[
     return {**encoder.encode_clip(video), "text": encoder.encode_text([caption])[0]}
 
 
-def test_the_built_index_counts_what_the_shards_hold(real):
+def test_a_real_build_index_null_text_and_every_array(real, tiny_backbones):
+    check_the_index(real)
+    check_every_array(real, tiny_backbones)
+
+
+def check_the_index(real):
     import csv
 
     spec, built, short = real
@@ -402,7 +413,8 @@ def test_the_built_index_counts_what_the_shards_hold(real):
     assert not built.reused  # (its index is re-read: a forced rebuild by another test rewrites it)
 
 
-def test_every_stored_array_is_its_own_clips_encoding(real, tiny_backbones):
+def check_every_array(real, tiny_backbones):
+    """Each stored array is its own clip's encoding, the candidates in their order."""
     import csv
 
     spec, built, short = real
@@ -646,6 +658,49 @@ def test_no_progress_draws_nothing_on_a_terminal(tiny_backbones, source, tmp_pat
     screen.truncate(0)
     build_mod.source_report(spec, tmp_path / "report")
     assert "validating" in screen.getvalue()
+    too_long = make_spec(tiny_backbones["cogvideox"], source, tmp_path / "shards", frames=17)  # stops after ingest
+    screen.truncate(0)
+    with pytest.raises(DataError, match="no usable clips"):
+        build_snapshot(too_long, progress=False)
+    assert screen.getvalue() == ""
+    with pytest.raises(DataError, match="no usable clips"):
+        build_snapshot(too_long)
+    assert "validating" in screen.getvalue()
+
+
+def test_the_encoders_load_with_the_specs_family_backbone_and_text_length(tiny_backbones, source, tmp_path,
+                                                                          monkeypatch):
+    class Loaded(Exception):
+        pass
+
+    asked = []
+
+    def loading(family, path, *, text_len=None, device=None):
+        asked.append((family, Path(path), text_len))
+        raise Loaded
+
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", loading)
+    spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path / "shards", text_len=8)
+    with pytest.raises(Loaded):
+        build_snapshot(spec, progress=False)
+    assert asked == [("cogvideox", build_mod.backbone_folder(spec.model.backbone), 8)]
+
+
+def test_a_wan_snapshot_holds_each_clips_clip_image_embedding(tiny_backbones, tmp_path):
+    src = tmp_path / "src"
+    synthesize(str(src), conditions_per_category=1, clips_per_condition=2, frames=9, fps=8.0, size=32, progress=False)
+    spec = make_spec(tiny_backbones["wan"], src, tmp_path / "shards", family="wan", unseen_conditions=0,
+                     reference_candidates=1, text_len=8)
+    built = build_snapshot(spec, progress=False)
+    encoder = ClipEncoder.from_pretrained("wan", tiny_backbones["wan"], text_len=8)
+    captions = {c.id: c for c in read_inputs(spec, progress=False).result.clips}
+    [s, *_] = read_split(Path(built.uri) / "train")
+    assert "reference_candidates" not in s  # one candidate: the pair's reference alone, unstacked
+    for role, clip_id in zip(("target", "reference"), s["pair_id"].split("<-"), strict=True):
+        want = oracle_columns(encoder, spec, Path(captions[clip_id].uri), captions[clip_id].caption)
+        assert set(want) == {"latent", "image_latent", "image_embed", "text"} and want["text"].shape[0] == 8
+        for name, value in want.items():
+            np.testing.assert_array_equal(s[f"{role}_{name}"], value, err_msg=f"{role}_{name}")
 
 
 def test_the_cache_holds_the_last_128_clips_by_default(tmp_path, monkeypatch):

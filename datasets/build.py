@@ -110,7 +110,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
             return found
 
     inputs = read_inputs(spec, progress)
-    result, digests, pairs = inputs.result, inputs.digests, inputs.pairs
+    result, pairs = inputs.result, inputs.pairs
     if not pairs["train"]:
         if result.rejected:
             log.warning("quarantined rows: %s/quarantine.csv", quarantine_report(spec, result, pairs))
@@ -132,7 +132,7 @@ def build_snapshot(spec: JobSpec, progress: bool = True, *, force: bool = False)
     encoder.check_frames(data.frames)
     cols = snap.columns(with_image_embed=encoder.image_encoder is not None,
                         candidates=data.reference_candidates > 1 and data.references_per_pair == 1)
-    cache = _ClipCache(encoder, data, digests)
+    cache = _ClipCache(encoder, data)
     shards: dict[str, list[dict]] = {}
     total = sum(len(p) for p in pairs.values())
     with _progress(progress) as bar:
@@ -280,8 +280,8 @@ def _sample(pair: Pair, cache: _ClipCache, candidates: bool = False, m: int = 1)
 class _ClipCache:
     """Encodes each clip once: pairs of a condition reuse the same clips, and are written together."""
 
-    def __init__(self, encoder, data, digests: dict[str, str], size: int = 128):
-        self.encoder, self.data, self.digests, self.size = encoder, data, digests, size
+    def __init__(self, encoder, data, size: int = 128):
+        self.encoder, self.data, self.size = encoder, data, size
         self.items: OrderedDict[str, dict] = OrderedDict()
         self.encoded = 0
 

@@ -69,7 +69,7 @@ def test_the_spec_defaults_to_evenly_and_build_and_generate_pass_it(monkeypatch)
 
     clip = type("Clip", (), {"id": "c", "uri": "c.mp4", "caption": ""})()
     with pytest.raises(RuntimeError):
-        build._ClipCache(None, Data(), {}).get(clip)
+        build._ClipCache(None, Data()).get(clip)
     assert seen["window"] == "head"
 
 

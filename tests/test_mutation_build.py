@@ -193,7 +193,7 @@ def test_the_cache_encodes_each_clip_once_and_evicts_the_least_recently_used(tin
                      time_window="head")
     clips = {k: Clip(k, str(p), f"caption of {k}", "c", "motion") for k, p in mp4s.items()}
     encoder = CountingEncoder()
-    cache = build_mod._ClipCache(encoder, spec.data, {}, size=2)
+    cache = build_mod._ClipCache(encoder, spec.data, size=2)
     order = ["v1", "v2", "v1", "v3", "v1", "v2"]  # v3 evicts v2 (v1 was used since); v2 comes back
     got = [cache.get(clips[k]) for k in order]
     assert cache.encoded == len(encoder.videos) == 4
@@ -709,7 +709,7 @@ def test_the_cache_holds_the_last_128_clips_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(encode, "read_clip", lambda data, **kw: np.zeros((1, 2, 2, 3), np.uint8))
     (tmp_path / "x.mp4").write_bytes(b"not read")
     clips = [Clip(f"v{i}", str(tmp_path / "x.mp4"), "c", "k", "motion") for i in range(129)]
-    cache = build_mod._ClipCache(CountingEncoder(), make_spec("/bb", None, tmp_path).data, {})
+    cache = build_mod._ClipCache(CountingEncoder(), make_spec("/bb", None, tmp_path).data)
     for c in clips[:128]:
         cache.get(c)
     cache.get(clips[0])
@@ -721,6 +721,6 @@ def test_the_cache_holds_the_last_128_clips_by_default(tmp_path, monkeypatch):
 def test_a_clip_that_cannot_be_read_is_named(tiny_backbones, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"no video here")
     spec = make_spec(tiny_backbones["cogvideox"], None, tmp_path)
-    cache = build_mod._ClipCache(CountingEncoder(), spec.data, {})
+    cache = build_mod._ClipCache(CountingEncoder(), spec.data)
     with pytest.raises(DataError, match=rf"^{tmp_path}/broken.mp4: "):
         cache.get(Clip("b", str(tmp_path / "broken.mp4"), "c", "k", "motion"))

@@ -654,7 +654,8 @@ def test_no_progress_draws_nothing_on_a_terminal(tiny_backbones, source, tmp_pat
     build_mod.source_report(spec, tmp_path / "report", progress=False)
     assert screen.getvalue() == ""
     read_inputs(spec)  # the control: by default the bars are drawn, and this screen sees them
-    assert "validating" in screen.getvalue()
+    assert "validating" in screen.getvalue() and "hashing clips" in screen.getvalue()
+    assert screen.getvalue().endswith("\r\x1b[1A\x1b[2K")  # transient: the last bar is erased when done
     screen.truncate(0)
     build_mod.source_report(spec, tmp_path / "report")
     assert "validating" in screen.getvalue()
@@ -724,3 +725,66 @@ def test_a_clip_that_cannot_be_read_is_named(tiny_backbones, tmp_path):
     cache = build_mod._ClipCache(CountingEncoder(), spec.data)
     with pytest.raises(DataError, match=rf"^{tmp_path}/broken.mp4: "):
         cache.get(Clip("b", str(tmp_path / "broken.mp4"), "c", "k", "motion"))
+
+
+def test_read_inputs_pairs_as_make_pairs_does_with_the_specs_settings(tiny_backbones, source, tmp_path):
+    from vap.datasets.pairs import make_pairs
+
+    settings = {"seed": 3, "refs_per_target": 2, "unseen_conditions": 2, "val_fraction": 0.34, "reference_candidates": 3}
+    inputs = read_inputs(make_spec(tiny_backbones["cogvideox"], source, tmp_path, **settings), progress=False)
+    want = make_pairs(inputs.result.clips, seed=3, refs_per_target=2, val_fraction=0.34, unseen_conditions=2,
+                      candidates=3)
+    assert inputs.pairs == want
+    assert inputs.pairs != make_pairs(inputs.result.clips, candidates=3)  # the defaults pair otherwise
+    assert inputs.digests == {c.id: hashlib.sha256(Path(c.uri).read_bytes()).hexdigest() for c in inputs.result.clips}
+
+
+def test_read_inputs_filters_by_alignment_and_clip_root_and_needs_frames_minus_one_over_fps(tiny_backbones, source,
+                                                                                            tmp_path):
+    import csv
+    import shutil
+
+    rows = list(csv.DictReader((source / "metadata.csv").open()))
+    low = sum(float(r["reference_alignment_score"]) <= 80 for r in rows)
+    assert 0 < low < len(rows)
+    kept = read_inputs(make_spec(tiny_backbones["cogvideox"], source, tmp_path, min_alignment=80), progress=False)
+    assert len(kept.result.clips) == len(rows) - low and kept.result.reasons() == {"low_alignment": low}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(DataError, match="no usable clips"):  # every clip lies outside the clip root
+        read_inputs(make_spec(tiny_backbones["cogvideox"], source, tmp_path / "s", clip_root=str(elsewhere)),
+                    progress=False)
+    # frames = 5 at 8 fps need more than (5 - 1) / 8 = 0.5 s: a clip of 5 frames (0.625 s) is kept
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    sorted((src / "videos").iterdir())[0].write_bytes(encode_mp4(np.zeros((5, 32, 32, 3), np.uint8), 8.0))
+    assert read_inputs(make_spec(tiny_backbones["cogvideox"], src, tmp_path), progress=False).result.rejected == []
+
+
+def test_two_references_leave_out_the_pairs_of_a_condition_of_two_clips(tiny_backbones, source, tmp_path, caplog):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    sorted((src / "videos").iterdir())[0].write_bytes(encode_mp4(np.zeros((4, 32, 32, 3), np.uint8), 8.0))
+    spec = make_spec(tiny_backbones["cogvideox"], src, tmp_path, references_per_pair=2, reference_candidates=1)
+    with caplog.at_level(logging.WARNING, logger=build_mod.log.name):
+        inputs = read_inputs(spec, progress=False)
+    # 11 clips: the condition that lost one has 2 clips, each with 1 other: its 2 pairs are left out
+    assert sum(len(p) for p in inputs.pairs.values()) == 9
+    assert all(len(p.references) == 2 for ps in inputs.pairs.values() for p in ps)
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith("pairs left out, fewer than 2 references")
+
+
+def test_a_split_of_candidates_or_of_several_references_is_written_so(tmp_path):
+    pairs = [Pair(clip(1), clip(2), "train", candidates=(clip(2), clip(3))),
+             Pair(clip(4), clip(5), "train", candidates=(clip(5), clip(6)))]
+    build_mod._write_split(str(tmp_path / "c"), pairs, 2, snap.columns(False, candidates=True), TaggedCache(),
+                           lambda n: None)
+    stacked = read_split(tmp_path / "c")
+    assert [s["reference_candidates"] for s in stacked] == [2, 2]
+    assert [float(s["reference_latent"][1].max()) for s in stacked] == [3, 6]
+    build_mod._write_split(str(tmp_path / "m"), pairs, 2, snap.columns(False), TaggedCache(), lambda n: None, 2)
+    along_time = read_split(tmp_path / "m")
+    assert [s["reference_latent"].shape for s in along_time] == [(2, 6, 2, 2)] * 2
+    assert json.loads(along_time[1]["reference_caption"]) == ["caption 5", "caption 6"]

@@ -10,13 +10,18 @@ P2  platform samples/s (`vap train`: Ray Train, 2 workers, DeepSpeed ZeRO-3 over
     `P2.breakdown` splits the gap into stages run side by side: the bare loop, the ZeRO-3 engine
     on 1 and on 2 gloo ranks (plain processes), the same 2-rank loop as the train function of a
     Ray Train `TorchTrainer` (Ray's share; alternated with the plain 2-rank loop `--rounds`
-    times, the median round kept), and the platform (its own share).
-P5  checkpoint bytes ÷ trainable-state bytes (goal ≈ 1.0): the DeepSpeed state a committed
-    checkpoint stores (all ranks' ZeRO partitions, the model-states file, frozen backbone
-    excluded) ÷ fp32 expert parameters + AdamW's two moments (12 bytes a parameter). The
-    serving copy of the expert (`expert/`, 4 bytes a parameter) is reported separately.
+    times, the median round kept), and the platform (its own share). Beside them: ZeRO-3
+    settings on one rank (`KNOBS`) and the engine against the bare loop at several transformer
+    widths (`--widths`: is the gap a fixed cost?), each with the CPU ms of a step, which other
+    work on the cores disturbs far less than wall time.
+P5  checkpoint bytes ÷ trainable-state bytes (goal ≈ 1.0): every byte of a committed
+    checkpoint but the serving copy of the expert (`expert/`, reported apart) ÷ fp32 expert
+    parameters + AdamW's two moments (12 bytes a parameter). `bytes_by_part` splits it: the
+    optimizer partitions scale with the expert, the model-states files and the platform's
+    metadata are a fixed size per rank (`ratio_optimizer_partitions` is the ratio once they are
+    negligible, i.e. at any real expert's size).
 
-    .venv/bin/python benchmarks/bench_train.py [--quick] [--steps 12] [--rounds 3]
+    .venv/bin/python benchmarks/bench_train.py [--quick] [--steps 12] [--rounds 3] [--widths 32 128 384]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -44,7 +50,9 @@ def make_world(work: Path, steps: int):
 
     backbone = make_tiny_backbone("cogvideox", work / "tiny-cogvideox")
     spec = parse_spec({
-        "name": "bench-train",
+        # a name of its own per run: the trainer's Streaming cache is keyed by it, and Streaming
+        # refuses a local folder another run registered (seen with a stale registration)
+        "name": f"bench-train-{work.name.rsplit('-', 1)[-1]}",
         "model": {"family": "cogvideox", "backbone": str(backbone), "expert": {"blocks": "all"}},
         "data": {"source": str(work / "raw"), "shards": str(work / "shards"), "frames": 9, "fps": 8,
                  "height": 32, "width": 32},
@@ -64,9 +72,10 @@ COMM_OPS = ("allgather", "all_gather", "reduce_scatter", "allreduce", "all_reduc
 
 
 def _timed_steps(steps: int, run_step) -> dict[str, float]:
-    """Median ms per phase over `steps` steps after one warm-up; `run_step(i, clock)` calls
-    `clock(phase)` as each phase ends."""
+    """Median ms per phase over `steps` steps after one warm-up, and the median CPU ms of a step
+    (`cpu_total`); `run_step(i, clock)` calls `clock(phase)` as each phase ends."""
     per_step: list[dict[str, float]] = []
+    cpu: list[float] = []
     for i in range(steps):
         times, last = {}, [time.perf_counter()]
 
@@ -75,11 +84,15 @@ def _timed_steps(steps: int, run_step) -> dict[str, float]:
             times[phase] = (now - last[0]) * 1e3
             last[0] = now
 
+        started = time.process_time()
         run_step(i, clock)
         if i:  # step 0 warms up
             per_step.append(times)
+            cpu.append((time.process_time() - started) * 1e3)
     out = {ph: statistics.median(t[ph] for t in per_step) for ph in per_step[0]}
     out["total"] = statistics.median(sum(t.values()) for t in per_step)
+    # this process's CPU time (one thread): what a step costs whatever else runs on the cores
+    out["cpu_total"] = statistics.median(cpu)
     return out
 
 
@@ -121,12 +134,11 @@ def _forever(loader):
         yield from loader
 
 
-def zero_rank(spec_json: str, steps: int, work: str, persistence: int | None = None) -> dict:
+def zero_rank(spec_json: str, steps: int, work: str, variant: dict | None = None) -> dict:
     """One rank of the ZeRO-3 loop the platform's worker runs (the same engine from
     `zero.build_engine`, loader, objective), without Ray, MLflow or the platform's per-step
     metrics: median ms per phase, and the collectives' share from the torch profiler.
-    `persistence`: another `stage3_param_persistence_threshold` (parameters below it stay whole
-    on every rank, never gathered)."""
+    `variant`: {"trainer": spec keys, "zero": `zero_optimization` keys} to change (`KNOBS`)."""
     from torch.profiler import ProfilerActivity, profile
 
     from vap.datasets.loader import load_null_text, make_loader, resolve_snapshot
@@ -136,13 +148,14 @@ def zero_rank(spec_json: str, steps: int, work: str, persistence: int | None = N
     from vap.training.model import load_vap
 
     torch.set_num_threads(1)  # as each Ray worker runs
+    variant = variant or {}
     spec = JobSpec.model_validate_json(spec_json)
+    spec = spec.model_copy(update={"trainer": spec.trainer.model_copy(update=variant.get("trainer", {}))})
     zero.init_distributed(False)
     world = torch.distributed.get_world_size()
     torch.manual_seed(0)
     model = load_vap(spec.model)
-    overrides = None if persistence is None else {"stage3_param_persistence_threshold": persistence}
-    engine, _ = zero.build_engine(model, spec, world, zero_overrides=overrides)
+    engine, _ = zero.build_engine(model, spec, world, zero_overrides=variant.get("zero"))
     objective = get_family(spec.model.family).objective(spec.model.backbone)
     snapshot = resolve_snapshot(spec.data.shards, spec.data.snapshot)
     loader = make_loader(snapshot, "train", batch_size=spec.trainer.batch_size, seed=0,
@@ -177,7 +190,7 @@ def zero_rank(spec_json: str, steps: int, work: str, persistence: int | None = N
                  "collective_ops": {e.key: round(e.self_cpu_time_total / 1e3 / n, 2) for e in events}}
 
 
-def zero_loop(spec, world: int, steps: int, work: Path, persistence: int | None = None) -> dict:
+def zero_loop(spec, world: int, steps: int, work: Path, variant: dict | None = None) -> dict:
     """`zero_rank` on `world` CPU processes over gloo (rank 0's numbers; all ranks wait on the
     same collectives)."""
     import socket
@@ -187,11 +200,12 @@ def zero_loop(spec, world: int, steps: int, work: Path, persistence: int | None 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    out = work / f"zero-{world}-{persistence}.json"
+    out = work / f"zero-{world}.json"
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_train; "
-            f"r = bench_train.zero_rank(sys.argv[1], {steps}, {str(work)!r}, {persistence!r}); "
+            f"r = bench_train.zero_rank(sys.argv[1], {steps}, {str(work)!r}, json.loads(sys.argv[2])); "
             f"open({str(out)!r}, 'w').write(json.dumps(r)) if {{rank}} == 0 else None")
-    procs = [subprocess.Popen([sys.executable, "-c", code.format(rank=r), spec.model_dump_json()],
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(rank=r), spec.model_dump_json(),
+                               json.dumps(variant or {})],
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(r),
                                    "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu",
                                    "OMP_NUM_THREADS": "1"},  # what Ray gives each 1-CPU worker
@@ -276,8 +290,81 @@ def breakdown(bare: dict, zero1: dict, zero2: dict, ray2: dict, platform_samples
     }
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+# ZeRO-3 settings compared on one rank (the engine alone, where they act): each against the
+# default the platform builds (on CPU: the frozen backbone outside ZeRO-3, every expert
+# parameter partitioned). overlap_comm and the prefetch bucket only overlap work on accelerator
+# streams, which DeepSpeed's CPU accelerator does not have, so they are not measured here.
+KNOBS = {
+    "default": {},
+    "backbone_partitioned": {"trainer": {"partition_frozen": True}},  # what every rank gathered before
+    "persistent_params": {"zero": {"stage3_param_persistence_threshold": 100_000}},  # DeepSpeed's default
+    "plain_linear": {"zero": {"memory_efficient_linear": False}},  # torch's F.linear, not ZeRO-3's autograd one
+}
+
+
+def knob_stages(spec, steps: int, work: Path) -> dict:
+    """`KNOBS` on one rank: samples/s, ms per phase and CPU ms of a step each."""
+    out = {}
+    for name, variant in KNOBS.items():
+        ms = zero_loop(spec, 1, steps, work, variant)
+        out[name] = {"samples_per_s": round(ms["samples_per_s"], 3), "cpu_ms_per_step": round(ms["cpu_total"], 2),
+                     "ms_per_step": {k: round(v, 3) for k, v in ms.items() if k in (*PHASES, "total")}}
+        log.info("1 rank, %s: %.2f samples/s, %.1f CPU ms a step", name, ms["samples_per_s"], ms["cpu_total"])
+    return out
+
+
+def widened_backbone(backbone: Path, width: int, out: Path) -> Path:
+    """The tiny CogVideoX backbone with its transformer `width` wide (heads of 16, seeded random
+    weights; VAE and text encoder shared), so the same snapshot trains it."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    shutil.copytree(backbone, out)
+    config = dict(CogVideoXTransformer3DModel.load_config(backbone / "transformer"))
+    config.update(num_attention_heads=width // 16, attention_head_dim=16)
+    torch.manual_seed(0)
+    shutil.rmtree(out / "transformer")
+    CogVideoXTransformer3DModel.from_config(config).save_pretrained(out / "transformer", safe_serialization=True)
+    return out
+
+
+def width_sweep(spec, widths: list[int], steps: int, work: Path) -> list[dict]:
+    """The engine's cost against the model's size: the bare loop and ZeRO-3 on one rank (the
+    platform's engine, default settings) at each transformer width. ZeRO-3's hooks cost about
+    the same per module whatever its size, the compute grows with width², so a fixed per-hook
+    cost shows as a ratio that climbs toward 1 with width."""
+    from vap.training.model import load_vap
+
+    rows = []
+    for width in widths:
+        backbone = widened_backbone(Path(spec.model.backbone), width, work / f"tiny-cogvideox-w{width}")
+        wide = spec.model_copy(update={"model": spec.model.model_copy(update={"backbone": str(backbone)})})
+        bare, zero1 = bare_loop(wide, steps, work), zero_loop(wide, 1, steps, work)
+        rows.append({"width": width, "expert_parameters": sum(p.numel() for p in load_vap(wide.model).expert_parameters()),
+                     "bare_samples_per_s": round(bare["samples_per_s"], 3),
+                     "zero3_1_rank_samples_per_s": round(zero1["samples_per_s"], 3),
+                     "ratio": round(zero1["samples_per_s"] / bare["samples_per_s"], 3),
+                     "ratio_cpu_time": round(bare["cpu_total"] / zero1["cpu_total"], 3),
+                     "extra_cpu_ms_per_step": round(zero1["cpu_total"] - bare["cpu_total"], 2)})
+        log.info("width %d: ZeRO-3 1 rank ÷ bare %.3f (CPU time %.3f, +%.1f ms a step)", width, rows[-1]["ratio"],
+                 rows[-1]["ratio_cpu_time"], rows[-1]["extra_cpu_ms_per_step"])
+    return rows
+
+
+def checkpoint_parts(folder: Path) -> dict[str, int]:
+    """Bytes of a committed checkpoint by part: the ranks' optimizer partitions (fp32 weights and
+    Adam's two moments: the trainable state itself), the ranks' model-states files (a fixed size
+    per rank: ZeRO-3's parameter placeholders and shapes, DeepSpeed's config and counters, step,
+    loader position and torch RNG state), the platform's metadata (manifests, vap-checkpoint.json,
+    markers) and the serving copy of the expert (not counted in P5)."""
+    parts = dict.fromkeys(("optimizer_partitions", "model_states", "metadata", "serving_expert"), 0)
+    for p in folder.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(folder)
+            part = ("serving_expert" if rel.parts[0] == "expert" else "optimizer_partitions"
+                    if p.name.endswith("optim_states.pt") else "model_states" if p.name.endswith("model_states.pt")
+                    else "metadata")
+            parts[part] += p.stat().st_size
+    return parts
 
 
 def main() -> None:
@@ -285,6 +372,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="6 steps")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the plain and the Ray 2-rank loop")
+    parser.add_argument("--widths", type=int, nargs="*", default=[32, 128, 384],
+                        help="transformer widths of the model-size sweep (the shipped tiny model is 32; none: skip)")
     args = parser.parse_args()
     steps = 6 if args.quick else args.steps
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -299,8 +388,8 @@ def main() -> None:
         spec = make_world(work, steps)
         bare = bare_loop(spec, steps, work)
         zero1 = zero_loop(spec, 1, steps, work)
-        # DeepSpeed's default threshold (1e5 elements): at this size every parameter stays whole
-        zero2_persistent = zero_loop(spec, 2, steps, work, persistence=100_000)
+        knobs = knob_stages(spec, steps, work)
+        sweep = width_sweep(spec, args.widths, steps, work)
         zero2, ray2, ray_ratios = ray_rounds(spec, steps, work, args.rounds)
         result = train(spec, progress=False)
         history = Registry(spec.registry.tracking_uri, spec.registry.model_name).metric_history(
@@ -308,23 +397,24 @@ def main() -> None:
         platform = statistics.median(v for s, v in sorted(history) if s > 1)
         gap = breakdown(bare, zero1, zero2, ray2, platform)
         gap["ray_train_per_round"] = ray_ratios
-        gap["zero3_2_ranks_persistent_params"] = {
-            "samples_per_s": round(zero2_persistent["samples_per_s"], 3),
-            "ms_per_step": {k: round(v, 3) for k, v in zero2_persistent.items() if k in (*PHASES, "total")},
-            "collectives_share": zero2_persistent["collectives_share"]}
+        gap["zero3_knobs_1_rank"] = knobs
+        gap["cpu_ms_per_step"] = {"bare": round(bare["cpu_total"], 2), "zero3_1_rank": round(zero1["cpu_total"], 2)}
         ckpt = Path(result.checkpoint_uri)
-        zero_bytes = dir_bytes(ckpt / "vap")
         expert_params = sum(p.numel() for p in load_vap(spec.model).expert_parameters())
         trainable = expert_params * 4 * 3
+        parts = checkpoint_parts(ckpt)
+        stored = sum(v for k, v in parts.items() if k != "serving_expert")
         results = {
             "P2": {"ratio": round(platform / bare["samples_per_s"], 3), "platform_samples_per_s": round(platform, 3),
                    "bare_samples_per_s": round(bare["samples_per_s"], 3), "workers": 2, "zero_stage": 3,
-                   "steps": steps, "goal": ">= 0.9", "breakdown": gap,
+                   "steps": steps, "goal": ">= 0.9", "breakdown": gap, "width_sweep": sweep,
                    "load_average_1min": round(os.getloadavg()[0], 2)},  # other work on the cores
-            "P5": {"ratio": round(zero_bytes / trainable, 3), "checkpoint_zero_bytes": zero_bytes,
+            "P5": {"ratio": round(stored / trainable, 3), "checkpoint_bytes": stored,
                    "trainable_state_bytes": trainable, "expert_parameters": expert_params,
-                   "serving_expert_bytes": dir_bytes(ckpt / "expert"), "goal": "~ 1.0"},
+                   "ratio_optimizer_partitions": round(parts["optimizer_partitions"] / trainable, 3),
+                   "bytes_by_part": parts, "workers": spec.trainer.workers, "goal": "~ 1.0"},
         }
+        shutil.rmtree(Path(tempfile.gettempdir()) / "vap-streaming" / spec.name, ignore_errors=True)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     log.info(json.dumps(results, indent=2))

@@ -77,7 +77,8 @@ class TrainableOnly(torch.nn.Module):
     dtype = property(lambda self: self.vap.dtype)
 
     def train(self, mode: bool = True):
-        self.vap.train(mode)
+        super().train(mode)
+        self.vap.train(mode)  # the backbone too: it is not a child
         return self
 
     def forward(self, *args, **kwargs):

@@ -133,6 +133,13 @@ def overloaded(run: dict | None) -> bool:
     return bool(run) and (run["load_avg_1m"] or 0) > run["cpus"]
 
 
+def unreliable(r: Row) -> bool:
+    """A ratio of times from a run on a machine busier than its cores."""
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    suite = next(name for name, (*_, gives) in SUITES.items() if r.id in gives)
+    return r.id in TIMED and "FLOPs" not in r.what and overloaded(runs.get(suite))
+
+
 def provenance(rs: list[Row]) -> list[str]:
     """One line per suite of the table: which ratios, measured when, how and under what load."""
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
@@ -163,13 +170,10 @@ def table(rs: list[Row], m: dict) -> str:
              f"Python {m['python']}); the suites' last runs (`make bench`, results/runs.json; load is the "
              "1-minute load average from other work at the end of the run):", "", *provenance(rs), "",
              "| | what | ratio | goal | |", "|---|---|---|---|---|"]
-    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
-    suite_of = {ratio_id: name for name, (*_, gives) in SUITES.items() for ratio_id in gives}
     for r in rs:
         ratio = "not run" if r.ratio is None else f"{r.ratio:.3g}"
         mark = {True: "✓", False: "✗", None: ""}[r.met]
-        timed = r.id in TIMED and "FLOPs" not in r.what
-        if mark and timed and overloaded(runs.get(suite_of[r.id])):
+        if mark and unreliable(r):
             mark = "?"
         lines.append(f"| {r.id} | {r.what} | {ratio} | {r.goal} | {mark} |")
     return "\n".join(lines)
@@ -183,7 +187,7 @@ def plot(rs: list[Row], path: Path) -> None:
 
     shown = [r for r in rs if r.ratio is not None]
     fig, ax = plt.subplots(figsize=(9, 0.38 * len(shown) + 1.2))
-    colors = ["#2a9d8f" if r.met else "#e76f51" if r.met is False else "#8d99ae" for r in shown]
+    colors = ["#8d99ae" if r.met is None or unreliable(r) else "#2a9d8f" if r.met else "#e76f51" for r in shown]
     ax.barh(range(len(shown)), [r.ratio for r in shown], color=colors)
     for i, r in enumerate(shown):
         if r.goal[0] in "≥≤≈":
@@ -192,7 +196,7 @@ def plot(rs: list[Row], path: Path) -> None:
     ax.set_yticks(range(len(shown)), [f"{r.id} {r.what}" for r in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("ratio (log scale); black tick = goal; green met, red missed")
+    ax.set_xlabel("ratio (log scale); black tick = goal; green met, red missed, grey no goal or timed under overload")
     ax.set_title("vap-platform benchmarks (make bench)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

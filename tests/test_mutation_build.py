@@ -654,7 +654,7 @@ def test_no_progress_draws_nothing_on_a_terminal(tiny_backbones, source, tmp_pat
     build_mod.source_report(spec, tmp_path / "report", progress=False)
     assert screen.getvalue() == ""
     read_inputs(spec)  # the control: by default the bars are drawn, and this screen sees them
-    assert "validating" in screen.getvalue() and "hashing clips" in screen.getvalue()
+    assert "validating" in screen.getvalue() and "\x1b[2Khashing clips \x1b" in screen.getvalue()  # the bar's name
     assert screen.getvalue().endswith("\r\x1b[1A\x1b[2K")  # transient: the last bar is erased when done
     screen.truncate(0)
     build_mod.source_report(spec, tmp_path / "report")

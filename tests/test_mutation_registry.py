@@ -289,3 +289,41 @@ def test_audit_names_every_alias_moved_outside_the_gate(registry):
         f"{name}@champion is version {v2} but the ledger's last decision left version {v1}: it was moved outside `vap promote`",
         f"{name}@prod is version unset but the ledger's last decision left version {v1}: it was moved outside `vap promote`"]
     assert json.dumps(registry.history())  # the ledger stays plain JSON
+
+
+def test_each_decision_is_logged_as_its_summary(registry, caplog):
+    import logging
+
+    from vap import registry as registry_mod
+
+    v1, v2 = version(registry, 0.5), version(registry, 0.5)
+    with caplog.at_level(logging.INFO, logger=registry_mod.log.name):
+        caplog.clear()
+        first = registry.promote(version=v1, policy=LOSS)
+        assert caplog.messages == [first.summary()]
+        caplog.clear()
+        same = registry.promote(version=v1, policy=LOSS)
+        assert caplog.messages == [same.summary()]
+        registry.promote(version=v2, policy=LOSS)
+        caplog.clear()
+        back = registry.rollback()
+        assert caplog.messages == [back.summary()]
+
+
+def test_a_ledger_file_is_sorted_indented_json_stamped_in_utc(registry, monkeypatch, tmp_path):
+    import datetime
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # 9 hours from UTC: a local-time stamp would show
+    time.tzset()
+    try:
+        registry.promote(version=version(registry, 0.5), policy=LOSS)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    [entry] = registry.history()
+    when = datetime.datetime.strptime(entry["when"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert abs(datetime.datetime.now(datetime.UTC) - when) < datetime.timedelta(hours=1)
+    run = registry._ledger_run(create=False)
+    local = Path(registry.client.download_artifacts(run, "ledger/000001-promoted.json", str(tmp_path)))
+    assert local.read_text() == json.dumps(entry, indent=2, sort_keys=True)

@@ -52,7 +52,7 @@ def make_world(work: Path, steps: int):
     spec = parse_spec({
         # a name of its own per run: the trainer's Streaming cache is keyed by it, and Streaming
         # refuses a local folder another run registered (seen with a stale registration)
-        "name": f"bench-train-{work.name.rsplit('-', 1)[-1]}",
+        "name": f"bench-train-{os.getpid()}",
         "model": {"family": "cogvideox", "backbone": str(backbone), "expert": {"blocks": "all"}},
         "data": {"source": str(work / "raw"), "shards": str(work / "shards"), "frames": 9, "fps": 8,
                  "height": 32, "width": 32},

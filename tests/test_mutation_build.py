@@ -559,7 +559,9 @@ def test_a_source_that_cannot_be_listed_has_no_quick_key(tiny_backbones, tmp_pat
     with caplog.at_level(logging.DEBUG, logger=build_mod.log.name):
         assert build_mod.unchanged_source_key(spec, Path(tiny_backbones["cogvideox"])) is None
     [message] = caplog.messages
-    assert message.startswith(f"no quick check of {tmp_path / 'missing'}: ")
+    missing = tmp_path / "missing"
+    assert message == (f"no quick check of {missing}: {missing}: no such folder, or it is empty; check the path "
+                       "(and AWS_ENDPOINT_URL for s3://)")
 
 
 def test_a_snapshot_is_remembered_only_when_every_clip_is_under_the_root(tiny_backbones, source, tmp_path):
@@ -575,6 +577,11 @@ def test_a_snapshot_is_remembered_only_when_every_clip_is_under_the_root(tiny_ba
     assert json.loads((shards / "sources" / "k2.json").read_text()) == {"id": "sid2", "source": str(source)}
     assert build_mod._memo_snapshot(str(shards), "k2") is None  # the snapshot it names is not there
     assert build_mod._memo_snapshot(str(shards), "k3") is None  # nothing remembered under that key
+    (shards / "sid2").mkdir()
+    (shards / "sid2" / "index.json").write_text(json.dumps({"id": "sid2", "counts": {}}))
+    found = build_mod._memo_snapshot(str(shards), "k2")
+    assert (found.id, found.uri, found.reused, found.index) == ("sid2", str(shards / "sid2"), True,
+                                                                 {"id": "sid2", "counts": {}})
 
 
 def test_the_source_report_is_what_a_build_would_take_and_quarantine(tiny_backbones, source, tmp_path):

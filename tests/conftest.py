@@ -90,9 +90,11 @@ def pytest_collection_modifyitems(items):
         for fixture in set(SERVER_MARKERS) & fixtures:
             item.add_marker(SERVER_MARKERS[fixture])
         # `pytest -n 2 --dist loadgroup` (make test): the slow tests and those on the Ray cluster
-        # run in turn on one worker, never two Ray / DeepSpeed jobs side by side on 2 cores
-        if "ray_cluster" in fixtures or item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("heavy"))
+        # run in turn on one worker, never two Ray / DeepSpeed jobs side by side on 2 cores; the
+        # others by module, as a module's tests may share fixed names (a spec name is the
+        # trainer's and vap eval's streaming cache under /tmp/vap-streaming/<name>)
+        heavy = "ray_cluster" in fixtures or item.get_closest_marker("slow")
+        item.add_marker(pytest.mark.xdist_group("heavy" if heavy else item.nodeid.split("::")[0]))
 
 
 def free_port() -> int:

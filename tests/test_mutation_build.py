@@ -623,6 +623,7 @@ def test_the_listing_of_an_s3_prefix_is_every_object_with_its_size_and_etag(monk
         assert build_mod._listing("s3://vap-b/data") == [["metadata.csv", 2, etag["data/metadata.csv"]],
                                                      ["videos/x.mp4", 3, etag["data/videos/x.mp4"]]]
         assert [row[0] for row in build_mod._listing("s3://vap-b")] == ["data/metadata.csv", "data/videos/x.mp4", "other/y.mp4"]
+        assert build_mod._listing("s3://vap-b/nothing") == []  # a page without Contents
 
 
 def test_no_training_pairs_with_rejected_rows_points_at_the_quarantine(tiny_backbones, tmp_path, caplog, monkeypatch):
@@ -801,3 +802,15 @@ def test_a_split_of_candidates_or_of_several_references_is_written_so(tmp_path):
     along_time = read_split(tmp_path / "m")
     assert [s["reference_latent"].shape for s in along_time] == [(2, 6, 2, 2)] * 2
     assert json.loads(along_time[1]["reference_caption"]) == ["caption 5", "caption 6"]
+
+
+def test_a_report_is_written_through_a_temporary_folder_that_says_it_is_ours(tmp_path, monkeypatch):
+    from vap.datasets import report
+
+    seen = []
+    real = report.write_report
+    monkeypatch.setattr(report, "write_report", lambda result, pairs, out: (seen.append(Path(out)), real(result, pairs, out))[1])
+    build_mod._write_report(IngestResult(), {"train": [], "val": [], "unseen": []}, str(tmp_path / "report"))
+    [folder] = seen
+    assert folder.name.startswith("vap-report-") and not folder.exists()  # a crash leaves a folder named for us
+    assert (tmp_path / "report" / "report.json").is_file()

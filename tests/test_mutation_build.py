@@ -369,7 +369,20 @@ def real(tiny_backbones, source, tmp_path_factory):
     spec = make_spec(tiny_backbones["cogvideox"], src, shards, reference_candidates=2)
     sid, _ = identify(spec, read_inputs(spec, progress=False), build_mod.backbone_folder(spec.model.backbone))
     (shards / sid / "train").mkdir(parents=True)  # not a snapshot yet: it must be built, not reused
-    return spec, build_snapshot(spec, progress=False), short
+    import io
+
+    import rich
+    from rich.console import Console
+
+    screen = io.StringIO()  # the bars drawn on a terminal: the encoding bar counts the pairs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rich, "_console", Console(file=screen, force_terminal=True, width=120))
+        built = build_snapshot(spec)
+    REAL_SCREEN[sid] = screen.getvalue()
+    return spec, built, short
+
+
+REAL_SCREEN: dict[str, str] = {}
 
 
 def oracle_columns(encoder: ClipEncoder, spec, mp4: Path, caption: str) -> dict[str, np.ndarray]:
@@ -379,6 +392,8 @@ def oracle_columns(encoder: ClipEncoder, spec, mp4: Path, caption: str) -> dict[
 
 
 def test_a_real_build_index_null_text_and_every_array(real, tiny_backbones):
+    _, built, _ = real
+    assert f"encoding pairs into {built.id}" in REAL_SCREEN[built.id] and "11/11" in REAL_SCREEN[built.id]
     check_the_index(real)
     check_every_array(real, tiny_backbones)
 

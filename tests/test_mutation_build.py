@@ -829,3 +829,17 @@ def test_a_report_is_written_through_a_temporary_folder_that_says_it_is_ours(tmp
     [folder] = seen
     assert folder.name.startswith("vap-report-") and not folder.exists()  # a crash leaves a folder named for us
     assert (tmp_path / "report" / "report.json").is_file()
+
+
+def test_the_specs_references_per_pair_reaches_every_split_writer(tiny_backbones, source, tmp_path, monkeypatch):
+    seen = []
+
+    def writer(split_uri, pairs, per_part, cols, cache, advance, m=1):
+        seen.append((Path(split_uri).name, m, "reference_candidates" in cols))
+        return []
+
+    monkeypatch.setattr(build_mod, "_write_split", writer)
+    spec = make_spec(tiny_backbones["cogvideox"], source, tmp_path / "shards", references_per_pair=2,
+                     reference_candidates=4)
+    build_snapshot(spec, progress=False)
+    assert seen == [("train", 2, False), ("val", 2, False), ("unseen", 2, False)]  # m > 1: laid along time

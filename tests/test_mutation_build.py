@@ -493,8 +493,13 @@ def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monke
     assert build_snapshot(spec, progress=False).reused
     monkeypatch.undo()
     (Path(spec.data.shards) / "LATEST").write_text("elsewhere")
+    shard = sorted((Path(built.uri) / "train").rglob("*.mds.zstd"))[0]
+    rotten = bytearray(shard.read_bytes())
+    rotten[len(rotten) // 2] ^= 0xFF
+    shard.write_bytes(bytes(rotten))  # what --force is for: the old snapshot is removed, every part written again
     forced = build_snapshot(spec, progress=False, force=True)
     assert forced.id == built.id and not forced.reused and forced.index["build"] != built.index["build"]
+    assert shard.read_bytes() != bytes(rotten) and snap.verify_snapshot(forced.uri) > 0
     assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id
 
 

@@ -79,6 +79,9 @@ def test_a_gate_needs_a_metric_or_a_required_one():
     assert PromotionSpec(metrics={}, required=["eval.val.loss"]).required == ["eval.val.loss"]
     gate = PromotionSpec(metrics={"m": MetricGate(greater_is_better=True)})
     assert spec_mod._gate_names_a_metric(gate) is gate
+    with pytest.raises(ValueError) as err:
+        spec_mod._gate_names_a_metric(PromotionSpec.model_construct(metrics={}, required=[]))
+    assert str(err.value) == "a promotion gate needs at least one metric; list metrics or use `vap promote --force`"
 
 
 def test_checkpoints_must_fall_within_the_steps():

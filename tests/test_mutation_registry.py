@@ -327,3 +327,23 @@ def test_a_ledger_file_is_sorted_indented_json_stamped_in_utc(registry, monkeypa
     run = registry._ledger_run(create=False)
     local = Path(registry.client.download_artifacts(run, "ledger/000001-promoted.json", str(tmp_path)))
     assert local.read_text() == json.dumps(entry, indent=2, sort_keys=True)
+
+
+def test_reading_the_ledger_leaves_no_temporary_folder(registry, tmp_path, monkeypatch):
+    registry.promote(version=version(registry, 0.5), policy=LOSS)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where MLflow and the registry make theirs
+    assert len(registry.history()) == 1
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_ledger_in_its_own_experiment_gets_the_registrys_artifact_location(registry, tmp_path):
+    v1 = version(registry, 0.5)
+    where = tmp_path / "ledger-artifacts"
+    ledger_side = Registry(registry.tracking_uri, registry.model_name, experiment="ledgers",
+                           artifact_location=str(where))
+    ledger_side.promote(version=v1, policy=LOSS)
+    exp = ledger_side.client.get_experiment_by_name("ledgers")
+    assert exp.artifact_location.removeprefix("file://") == str(where)
+    assert (where / ledger_side._ledger_run(create=False) / "artifacts" / "ledger" / "000001-promoted.json").is_file()

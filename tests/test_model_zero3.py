@@ -153,3 +153,17 @@ def test_the_frozen_backbone_is_partitioned_on_gpu_unless_the_spec_says(tmp_path
 
     spec = load_spec(_spec(tmp_path, trainer={"use_gpu": use_gpu, "partition_frozen": setting}))
     assert partitions_frozen(spec) is partitioned
+
+
+def test_wan_registers_the_parameters_it_reads_outside_their_modules(tiny_backbones):
+    """When the engine wraps the whole model (`partition_frozen`), ZeRO-3 must gather the
+    modulation tables Wan's blocks read outside their own forward: the model registers them with
+    DeepSpeed. The expected set is written out from Wan's blocks, not taken from the adapter."""
+    from vap.training.model import VAPTransformer
+
+    model = VAPTransformer.from_backbone(str(tiny_backbones["wan"]), "wan")
+    registered = {id(p) for p in getattr(model, "_external_params", {}).values()}
+    want = [model.backbone.scale_shift_table]
+    for key, block in model.expert.blocks.items():
+        want += [model.backbone.blocks[int(key)].scale_shift_table, block.scale_shift_table]
+    assert registered == {id(p) for p in want}

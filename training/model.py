@@ -130,11 +130,11 @@ class VAPTransformer(ModelMixin, ConfigMixin):
         if not params:
             return
         try:
-            from deepspeed.zero import register_external_parameter
+            import deepspeed  # `deepspeed.zero` is an attribute, not an importable module
         except ImportError:  # no DeepSpeed, no ZeRO-3 partitioning to coordinate
             return
         for p in params:
-            register_external_parameter(self, p)
+            deepspeed.zero.register_external_parameter(self, p)
 
     # --- construction ------------------------------------------------------------------------
     @classmethod

@@ -497,9 +497,31 @@ def test_a_second_build_finds_the_snapshot_and_force_builds_it_again(real, monke
     rotten = bytearray(shard.read_bytes())
     rotten[len(rotten) // 2] ^= 0xFF
     shard.write_bytes(bytes(rotten))  # what --force is for: the old snapshot is removed, every part written again
-    forced = build_snapshot(spec, progress=False, force=True)
+    for memo in (Path(spec.data.shards) / "sources").iterdir():
+        memo.unlink()  # a forced build remembers its source afresh
+    import datetime
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # 9 hours from UTC: a local-time stamp would show
+    time.tzset()
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.INFO, logger=build_mod.log.name):
+            forced = build_snapshot(spec, progress=False, force=True)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert caplog.messages[-1] == forced.summary()
+    created = datetime.datetime.strptime(forced.index["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert abs(datetime.datetime.now(datetime.UTC) - created) < datetime.timedelta(hours=1)
+    index_file = Path(forced.uri) / "index.json"
+    assert index_file.read_text() == json.dumps(forced.index, indent=1)  # the layout people read
+    assert forced.index["settings"] == identify(spec, read_inputs(spec, progress=False),
+                                                build_mod.backbone_folder(spec.model.backbone))[1]
     assert forced.id == built.id and not forced.reused and forced.index["build"] != built.index["build"]
     assert shard.read_bytes() != bytes(rotten) and snap.verify_snapshot(forced.uri) > 0
+    monkeypatch.setattr(build_mod, "ingest", lambda *a, **k: pytest.fail("remembered by the forced build"))
+    assert build_snapshot(spec, progress=False).reused
     assert (Path(spec.data.shards) / "LATEST").read_text().strip() == built.id
 
 

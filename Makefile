@@ -57,11 +57,16 @@ retrain-demo: setup ## one scheduled cycle per step as data arrives: first data 
 	rm -rf $(RETRAIN)/raw && cp -r $(RETRAIN)/day2 $(RETRAIN)/raw
 	$(BIN)/vap retrain $(RETRAIN_ARGS)
 
-test: setup ## all tests (slow end-to-end ones included)
-	$(BIN)/pytest
+# 2 pytest-xdist workers: conftest puts the slow and the Ray tests in one xdist_group, which one
+# worker runs in turn while the other runs the rest (TEST_WORKERS=0: one process; docs/TESTING.md)
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
-test-fast: setup ## tests without the slow end-to-end ones
-	$(BIN)/pytest -m "not slow"
+test: setup ## all tests (slow end-to-end ones included) [TEST_WORKERS=2]
+	$(PYTEST)
+
+test-fast: setup ## tests without the slow end-to-end ones [TEST_WORKERS=2]
+	$(PYTEST) -m "not slow"
 
 # MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only;
 # MUTANTS (mutmut's names, globs allowed: "training.pipeline.x_guide__mutmut_*") runs only those

@@ -104,6 +104,19 @@ def test_an_alias_mlflow_refuses_is_refused_before_any_call(alias):
     check_alias("prod-2")
 
 
+def test_a_long_refused_alias_is_cut_at_60_characters_and_mlflows_first_sentence_kept():
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_alias_name
+
+    alias = "a/" + "b" * 70
+    with pytest.raises(MlflowException) as mlflow_err:
+        _validate_model_alias_name(alias)
+    with pytest.raises(RegistryError) as err:
+        check_alias(alias)
+    reason = mlflow_err.value.message.split(". ")[0]
+    assert str(err.value).startswith(f"alias {alias[:60]!r} is not allowed ({reason}); ")
+
+
 # --- against MLflow's store -------------------------------------------------------------------------
 
 def test_metrics_of_a_version_are_its_metric_and_eval_tags(registry):
@@ -347,3 +360,5 @@ def test_a_ledger_in_its_own_experiment_gets_the_registrys_artifact_location(reg
     exp = ledger_side.client.get_experiment_by_name("ledgers")
     assert exp.artifact_location.removeprefix("file://") == str(where)
     assert (where / ledger_side._ledger_run(create=False) / "artifacts" / "ledger" / "000001-promoted.json").is_file()
+    run = ledger_side.client.get_run(ledger_side._ledger_run(create=False))
+    assert run.info.run_name == f"registry-ledger-{registry.model_name}"

@@ -155,5 +155,6 @@ def test_each_run_is_judged_against_its_own_reference_condition():
     mismatched = _Pair("c<-d", "sepia", "style", None, other, "", "", float("nan"))
     row = _row(rec, pair, ref, other, mismatched, other)
     assert (row["alignment_top1"], row["baseline_backbone.alignment_top1"], row["mismatched.alignment_top1"]) == (1, 0, 1)
+    # more likely than not for the reference's condition, less for the clip of another one
     assert row["alignment_prob"] > 0.5 > row["baseline_backbone.alignment_prob"]
     assert row["copying"] == pytest.approx(1 - similarity(ref, truth)) and row["loss"] == 0.5

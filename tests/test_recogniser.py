@@ -33,6 +33,8 @@ def test_the_shipped_recogniser_names_held_out_clips(rec, held_out):
     clips, labels = held_out
     report = accuracy_report(rec, clips, labels)
     assert report["overall"] >= FLOOR, report
+    # 96 clips, 24 a category; the weakest category measured on such seed-7 clips is style
+    # (87.5 %, docs/CLAIMS.md §1): 0.75 leaves three more misses in one category
     assert min(report["per_category"].values()) >= 0.75, report
 
 
@@ -43,6 +45,7 @@ def test_the_shipped_recogniser_names_toy_vae_round_trips(rec, held_out):
 
     clips, labels = held_out
     report = accuracy_report(rec, toy_roundtrip(clips), labels)
+    # the target for round trips; measured 89.6 % overall and 83 % on motion (docs/CLAIMS.md §1)
     assert report["overall"] >= 0.80, report
     assert report["per_category"]["motion"] >= 0.70, report
 

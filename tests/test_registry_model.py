@@ -160,6 +160,7 @@ def test_a_changed_backbone_or_expert_is_refused_on_load(trained, tmp_path):
         expert_model.fetch_expert({"expert_uri": f"{ckpt}/expert", "files": {**files, "config.json": "0" * 64}})
 
 
+@pytest.mark.mlflow  # starts (and stops) its own MLflow server, not the fixture's
 def test_server_down_at_the_end_of_training_then_vap_register_recovers(trained, tmp_path, monkeypatch):
     from vap.registry import code_version
 

@@ -101,6 +101,7 @@ class Setup:
     zero_stage: int = 3
     offload_optimizer: bool = False
     offload_params: bool = False
+    partition_frozen: bool = True  # ZeRO-3 partitions the frozen backbone too (the trainer's GPU default)
     activation_checkpointing: bool = False
     precision: str = "bf16"
     mfu: float = 0.35
@@ -135,7 +136,8 @@ class Plan:
                  f"{self.params['num_layers']} blocks, {s['gpus']} GPUs × {s['gpu_memory_gib']:g} GiB, "
                  f"{s['frames']} frames {s['height']}×{s['width']}, batch {s['batch']}/GPU, ZeRO-{s['zero_stage']}, "
                  f"{s['precision']}" + (", activation checkpointing" if s["activation_checkpointing"] else "")
-                 + (", optimizer offload" if s["offload_optimizer"] else "") + (", param offload" if s["offload_params"] else ""),
+                 + (", optimizer offload" if s["offload_optimizer"] else "") + (", param offload" if s["offload_params"] else "")
+                 + ("" if s["partition_frozen"] or s["zero_stage"] != 3 else ", backbone whole on every GPU"),
                  f"  tokens per stream: {self.tokens['target']:,} target, {self.tokens['reference']:,} reference "
                  f"(joint attention over {self.tokens['joint']:,})",
                  f"  parameters: backbone {self.params['frozen'] / 1e9:.3f}B frozen, expert {self.params['trainable'] / 1e9:.3f}B trainable",
@@ -313,7 +315,7 @@ def model_state_bytes(setup: Setup, frozen: int, trainable: int, largest: int) -
     params_shard = n if stage == 3 else 1
     on_gpu_params = 0 if setup.offload_params else 1
     out = {
-        "frozen parameters": on_gpu_params * fz * frozen / params_shard,
+        "frozen parameters": on_gpu_params * fz * frozen / (params_shard if setup.partition_frozen else 1),
         "trainable parameters": on_gpu_params * tp * trainable / params_shard,
         "gradients": gr * trainable / (n if stage >= 2 else 1),
         "optimizer state": (0 if setup.offload_optimizer else 1) * op * trainable / (n if stage >= 1 else 1),
@@ -432,10 +434,13 @@ def cheapest_fix(setup: Setup) -> str:
 
 def setup_from_spec(spec, **overrides) -> Setup:
     """A Setup from a job spec (`JobSpec`): its backbone, blocks, data shape and trainer."""
+    from vap.training.zero import partitions_frozen  # the trainer's rule, in one place
+
     t, d = spec.trainer, spec.data
     base = dict(backbone=spec.model.backbone, blocks=spec.model.expert.blocks, gpus=t.workers, frames=d.frames,
                 height=d.height, width=d.width, batch=t.batch_size, references=d.refs_per_target,
                 zero_stage=t.zero_stage, activation_checkpointing=bool(getattr(t, "activation_checkpointing", False)),
-                precision="bf16" if t.use_gpu else "fp32")  # the trainer's choice (bf16 on GPU)
+                precision="bf16" if t.use_gpu else "fp32",  # the trainer's choice (bf16 on GPU)
+                partition_frozen=partitions_frozen(spec))
     base.update({k: v for k, v in overrides.items() if v is not None})
     return Setup(**base)

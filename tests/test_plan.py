@@ -259,3 +259,21 @@ def test_cli_prints_a_table_and_json(tmp_path):
     assert "FITS" in proc.stdout and "GPU-hours" in proc.stdout
     data = json.loads(out.read_text())
     assert data["fits"] and data["setup"]["gpus"] == 48
+
+
+def test_a_backbone_kept_whole_is_counted_whole_on_every_gpu():
+    """`trainer.partition_frozen: false` keeps the frozen backbone out of ZeRO-3 (training/zero.py):
+    the plan then holds all of it on each GPU, the expert's states still split."""
+    from vap.plan import setup_from_spec
+    from vap.spec import load_spec
+
+    split = model_state_bytes(Setup(gpus=4), 10**9, 10**8, 10**6)
+    whole = model_state_bytes(Setup(gpus=4, partition_frozen=False), 10**9, 10**8, 10**6)
+    assert whole["frozen parameters"] == 2 * 10**9 and split["frozen parameters"] == 2 * 10**9 / 4  # bf16
+    assert {k: v for k, v in whole.items() if k != "frozen parameters"} == \
+        {k: v for k, v in split.items() if k != "frozen parameters"}
+    cluster = TESTS.parent / "examples" / "cluster.yaml"
+    assert setup_from_spec(load_spec(cluster)).partition_frozen  # a GPU job, unset: partitioned
+    kept = load_spec(cluster, ["trainer.partition_frozen=false"])
+    assert not setup_from_spec(kept).partition_frozen
+    assert "backbone whole on every GPU" in plan(setup_from_spec(kept)).table()

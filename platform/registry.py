@@ -391,8 +391,14 @@ class Registry:
         for e in self.history():
             if e["decision"] != REFUSED:
                 last[e["alias"]] = e["version"]
+        from mlflow.exceptions import MlflowException
+
         problems = []
-        model = self.client.get_registered_model(self.model_name)
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            raise RegistryError(f"model {self.model_name!r} is not registered at {self.tracking_uri}; check "
+                                "registry.model_name, or register a version first (`vap register --run RUN`)") from None
         aliases = dict(getattr(model, "aliases", {}) or {})
         for alias in sorted(set(last) | {a for a in aliases if a != CHALLENGER}):
             held, recorded = aliases.get(alias), last.get(alias)

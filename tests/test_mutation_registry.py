@@ -304,6 +304,13 @@ def test_audit_names_every_alias_moved_outside_the_gate(registry):
     assert json.dumps(registry.history())  # the ledger stays plain JSON
 
 
+def test_audit_of_a_model_never_registered_names_it_and_the_fix(registry):
+    with pytest.raises(RegistryError) as err:
+        registry.audit()
+    assert str(err.value) == (f"model {registry.model_name!r} is not registered at {registry.tracking_uri}; check "
+                              "registry.model_name, or register a version first (`vap register --run RUN`)")
+
+
 def test_each_decision_is_logged_as_its_summary(registry, caplog):
     import logging
 

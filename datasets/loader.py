@@ -16,8 +16,6 @@ views of them, and the batch is the one copy (benchmarks/bench_data.py, P1).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import logging
 import mmap
@@ -86,28 +84,6 @@ def sync_world_env() -> None:
         # mp.spawn) is one node.
         log.warning("LOCAL_WORLD_SIZE is not set: assuming all %d ranks run on this node", world)
         os.environ["LOCAL_WORLD_SIZE"], os.environ["LOCAL_RANK"] = str(world), str(rank)
-
-
-# Streaming registers a dataset's shared-memory prefix by scanning /dev/shm for the first free
-# number, waiting at a barrier for its ranks, then creating it: two jobs on one node that scan at
-# once pick the same number and one dies with FileExistsError('/000042_locals'). Their local
-# leaders take this node-wide lock in turn (the other ranks only attach, so they never wait on it).
-PREFIX_LOCK = "/dev/shm/vap-streaming-prefix.lock"
-
-
-@contextlib.contextmanager
-def _prefix_registration():
-    from streaming.base.world import World
-
-    if not World.detect().is_local_leader or not os.path.isdir(os.path.dirname(PREFIX_LOCK)):
-        yield
-        return
-    with open(PREFIX_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released with the file, or by the kernel if we die
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _shard_name(path: str) -> str:
@@ -315,8 +291,7 @@ def make_loader(snapshot_uri: str, split: str, *, batch_size: int, seed: int, lo
     if not storage.exists(storage.join(remote, INDEX)):
         raise DataError(f"{snapshot_uri}: split {split!r} has no pairs; build with more clips or pick another split")
     local = snapshot_cache(local_cache, snapshot_uri) / split  # keyed by the build: a rebuild is fetched anew
-    with _prefix_registration():
-        dataset = _Dataset(remote=remote, local=str(local), split=None, shuffle=shuffle, shuffle_seed=seed,
-                           batch_size=batch_size, validate_hash=HASH,
-                           predownload=max(PREDOWNLOAD, 8 * batch_size))
+    dataset = _Dataset(remote=remote, local=str(local), split=None, shuffle=shuffle, shuffle_seed=seed,
+                       batch_size=batch_size, validate_hash=HASH,
+                       predownload=max(PREDOWNLOAD, 8 * batch_size))
     return VapLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=BatchCollator())

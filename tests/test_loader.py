@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -243,45 +242,3 @@ def test_unreachable_s3_endpoint_names_it(monkeypatch, tmp_path):
         resolve_snapshot("s3://vap-data/shards", "latest")
     with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {url}"):
         make_loader("s3://vap-data/shards/0123", "train", batch_size=1, seed=0, local_cache=tmp_path)
-
-
-# Two jobs on one node open their loaders at once. Streaming scans /dev/shm for a free prefix,
-# then creates it; the scan is slowed here (1 s) so both scans see the same free number, as two
-# jobs whose ranks meet at Streaming's barrier in between do on a busy node.
-RACER = r"""
-import sys, time
-from pathlib import Path
-import streaming.base.shared.prefix as prefix
-from vap.datasets.loader import make_loader
-
-scan = prefix._check_and_find_retrying
-def slow_scan(*args, **kwargs):
-    found = scan(*args, **kwargs)
-    time.sleep(1.0)
-    return found
-prefix._check_and_find_retrying = slow_scan
-go = Path(sys.argv[3])
-while not go.exists():
-    time.sleep(0.01)
-try:
-    loader = make_loader(sys.argv[1], "train", batch_size=2, seed=0, local_cache=sys.argv[2])
-    print("prefix", loader.dataset._shm_prefix_int, flush=True)
-finally:
-    Path(sys.argv[2] + ".ready").touch()  # a racer that failed must not keep the other waiting
-while len(list(go.parent.glob("*.ready"))) < 2:  # both alive at once: their prefixes must differ
-    time.sleep(0.01)
-"""
-
-
-def test_two_jobs_opening_loaders_at_once_on_one_node_both_start(snapshot, tmp_path):
-    script, go = tmp_path / "racer.py", tmp_path / "go"
-    script.write_text(RACER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    procs = [subprocess.Popen([sys.executable, str(script), snapshot, str(tmp_path / f"cache{i}"), str(go)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    time.sleep(0.5)
-    go.touch()
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
-    prefixes = {out.split("prefix", 1)[1].strip() for out, _ in outs}
-    assert len(prefixes) == 2  # each job its own shared memory

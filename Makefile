@@ -57,15 +57,16 @@ retrain-demo: setup ## one scheduled cycle per step as data arrives: first data 
 	rm -rf $(RETRAIN)/raw && cp -r $(RETRAIN)/day2 $(RETRAIN)/raw
 	$(BIN)/vap retrain $(RETRAIN_ARGS)
 
-# 2 pytest-xdist workers: conftest puts the slow and the Ray tests in one xdist_group, which one
+# serial by default: on 2 xdist workers two Streaming datasets opening at once can race for one
+# shared-memory prefix (seen in 2 of 2 clean-clone runs). With TEST_WORKERS=2 conftest puts the slow and the Ray tests in one xdist_group, which one
 # worker runs in turn while the other runs the rest (TEST_WORKERS=0: one process; docs/TESTING.md)
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 0
 PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
-test: setup ## all tests (slow end-to-end ones included) [TEST_WORKERS=2]
+test: setup ## all tests (slow end-to-end ones included) [TEST_WORKERS=0; 2 = xdist, see docs/TESTING.md]
 	$(PYTEST)
 
-test-fast: setup ## tests without the slow end-to-end ones [TEST_WORKERS=2]
+test-fast: setup ## tests without the slow end-to-end ones [TEST_WORKERS=0; 2 = xdist, see docs/TESTING.md]
 	$(PYTEST) -m "not slow"
 
 # MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only;

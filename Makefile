@@ -57,9 +57,9 @@ retrain-demo: setup ## one scheduled cycle per step as data arrives: first data 
 	rm -rf $(RETRAIN)/raw && cp -r $(RETRAIN)/day2 $(RETRAIN)/raw
 	$(BIN)/vap retrain $(RETRAIN_ARGS)
 
-# serial by default: on 2 xdist workers two Streaming datasets opening at once can race for one
-# shared-memory prefix (seen in 2 of 2 clean-clone runs). With TEST_WORKERS=2 conftest puts the slow and the Ray tests in one xdist_group, which one
-# worker runs in turn while the other runs the rest (TEST_WORKERS=0: one process; docs/TESTING.md)
+# One process by default: on 2 xdist workers (TEST_WORKERS=2) two Streaming datasets opening at
+# once can race for one shared-memory prefix (seen in 2 of 2 clean-clone runs; docs/TESTING.md).
+# Then conftest runs the slow and the Ray tests in turn on one worker, the rest on the other.
 TEST_WORKERS ?= 0
 PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 

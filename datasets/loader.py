@@ -16,6 +16,8 @@ views of them, and the batch is the one copy (benchmarks/bench_data.py, P1).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import logging
 import mmap
@@ -27,8 +29,12 @@ from pathlib import Path
 from time import time_ns
 
 import numpy as np
+import streaming.base.dataset
 from streaming import StreamingDataLoader, StreamingDataset
+from streaming.base.constant import LOCALS, SHM_TO_CLEAN
 from streaming.base.format.mds.encodings import mds_decode
+from streaming.base.shared import SharedMemory
+from streaming.base.shared import prefix as shm_prefix
 
 from vap import storage
 from vap.datasets.snapshot import INDEX, LATEST, NULL_TEXT, SPLITS, draw_reference
@@ -84,6 +90,72 @@ def sync_world_env() -> None:
         # mp.spawn) is one node.
         log.warning("LOCAL_WORLD_SIZE is not set: assuming all %d ranks run on this node", world)
         os.environ["LOCAL_WORLD_SIZE"], os.environ["LOCAL_RANK"] = str(world), str(rank)
+
+
+# Streaming names a dataset's shared memory by a prefix number that every rank finds on its own by
+# scanning /dev/shm for the first free one, before its leader creates it (upstream issues
+# mosaicml/streaming#689, #901). Two jobs on one node that scan at once pick the same number (one
+# dies with FileExistsError('/000042_locals')), and a rank that scans after another job came or
+# went finds another number than its leader ("shared memory registered does not match local
+# leader"). Here only each node's leader scans, holding a node-wide lock until it has created the
+# prefix, and its ranks take the number from it over torch.distributed.
+PREFIX_LOCK = "/dev/shm/vap-streaming-prefix.lock"
+
+
+@contextlib.contextmanager
+def _node_lock():
+    if not os.path.isdir(os.path.dirname(PREFIX_LOCK)):  # no /dev/shm (macOS): Streaming's own race
+        yield
+        return
+    with open(PREFIX_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the kernel if we die
+        yield
+
+
+def _create_prefix(streams_local: list[str], streams_remote: list, retry: int):
+    with _node_lock():
+        prefix_int = max(shm_prefix._check_and_find_retrying(streams_local, streams_remote, name, retry)
+                         for name in SHM_TO_CLEAN)
+        data = shm_prefix._pack_locals(streams_local, prefix_int)
+        shm = SharedMemory(shm_prefix._get_path(prefix_int, LOCALS), True, len(data))
+        shm.buf[:len(data)] = data
+    return prefix_int, shm
+
+
+def register_shm_prefix(streams_local: list[str], streams_remote: list, world, retry: int = 100):
+    """`streaming.base.shared.get_shm_prefix` with one scan per node: (prefix number, its locals)."""
+    import torch.distributed as dist
+
+    shm_prefix._check_self(streams_local)
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed and not world.is_local_leader:  # nobody to ask: Streaming's own way
+        return shm_prefix.get_shm_prefix(streams_local, streams_remote, world, retry)
+    prefix_int, shm, failure = None, None, None
+    if world.is_local_leader:
+        try:
+            prefix_int, shm = _create_prefix(streams_local, streams_remote, retry)
+        except Exception as err:
+            if not distributed:
+                raise
+            failure = err  # told to the node's ranks first, or they would wait for it forever
+    if distributed:
+        found = [None] * dist.get_world_size()
+        dist.all_gather_object(found, (world.node, prefix_int, None if failure is None else str(failure)))
+        _, prefix_int, error = next(f for f in found if f[0] == world.node and (f[1] is not None or f[2]))
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise DataError(f"rank {world.rank}: its node's leader could not register Streaming's shared memory: {error}")
+    if not world.is_local_leader:
+        shm = SharedMemory(shm_prefix._get_path(prefix_int, LOCALS), False)
+        their_locals, _ = shm_prefix._unpack_locals(bytes(shm.buf))
+        if their_locals != streams_local:
+            raise DataError(f"rank {world.rank} reads {streams_local} but its node's leader {their_locals}: "
+                            "give every rank of a node the same local_cache")
+    return prefix_int, shm
+
+
+streaming.base.dataset.get_shm_prefix = register_shm_prefix  # what StreamingDataset.__init__ calls
 
 
 def _shard_name(path: str) -> str:

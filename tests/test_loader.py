@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,70 @@ def test_unreachable_s3_endpoint_names_it(monkeypatch, tmp_path):
         resolve_snapshot("s3://vap-data/shards", "latest")
     with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {url}"):
         make_loader("s3://vap-data/shards/0123", "train", batch_size=1, seed=0, local_cache=tmp_path)
+
+
+# A job of two ranks and a one-rank job open their loaders at once on one node. Streaming finds a
+# dataset's shared-memory prefix by scanning /dev/shm for a free number; slowed here so that the
+# two jobs' scans overlap (both find the same number: FileExistsError), and the job's second rank
+# arrives after the other job has registered (its own scan would find another number than its
+# leader's), as happens when jobs start together on a busy node.
+RACER = r"""
+import os, sys, time
+from pathlib import Path
+import torch.distributed as dist
+import streaming.base.shared.prefix as prefix
+from streaming.base.constant import SHM_TO_CLEAN
+from vap.datasets.loader import make_loader
+
+SLOW = 0.3
+scan = prefix._check_and_find_retrying
+def slow_scan(*args, **kwargs):
+    found = scan(*args, **kwargs)
+    time.sleep(SLOW)
+    return found
+prefix._check_and_find_retrying = slow_scan
+snapshot, cache, name = sys.argv[1:]
+if "WORLD_SIZE" in os.environ:
+    dist.init_process_group("gloo")
+go = Path(cache).parent / "go"
+Path(f"{cache}.{name}.up").touch()
+while not go.exists():
+    time.sleep(0.01)
+if os.environ.get("RANK") == "1":
+    time.sleep(len(SHM_TO_CLEAN) * SLOW + 0.5)  # after the one-rank job has registered its prefix
+try:
+    loader = make_loader(snapshot, "train", batch_size=2, seed=0, local_cache=cache)
+    Path(f"{cache}.{name}.prefix").write_text(str(loader.dataset._shm_prefix_int))
+    next(iter(loader))
+finally:
+    Path(f"{cache}.{name}.ready").touch()  # a racer that failed must not keep the others waiting
+while len(list(go.parent.glob("*.ready"))) < 3:  # all alive at once: each job its own memory
+    time.sleep(0.01)
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # three Python processes importing torch and streaming: ≈ 30 s on 2 cores
+def test_two_jobs_opening_loaders_at_once_on_one_node_both_start(snapshot, tmp_path):
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    job = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    envs = {"job0": {**base, **job, "RANK": "0"}, "job1": {**base, **job, "RANK": "1"}, "solo": base}
+    caches = {"job0": "job", "job1": "job", "solo": "solo"}  # the job's ranks share one node cache
+    procs = {name: subprocess.Popen([sys.executable, str(script), snapshot, str(tmp_path / caches[name]), name],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, env in envs.items()}
+    while len(list(tmp_path.glob("*.up"))) < 3 and all(p.poll() is None for p in procs.values()):
+        time.sleep(0.05)  # all imported: their scans start together
+    (tmp_path / "go").touch()
+    outs = {name: p.communicate(timeout=300) for name, p in procs.items()}
+    last_lines = {n: (err.strip().splitlines() or [""])[-1][:300] for n, (_, err) in outs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), last_lines
+    prefix = {name: (tmp_path / f"{caches[name]}.{name}.prefix").read_text() for name in procs}
+    assert prefix["job0"] == prefix["job1"] != prefix["solo"]

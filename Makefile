@@ -57,16 +57,15 @@ retrain-demo: setup ## one scheduled cycle per step as data arrives: first data 
 	rm -rf $(RETRAIN)/raw && cp -r $(RETRAIN)/day2 $(RETRAIN)/raw
 	$(BIN)/vap retrain $(RETRAIN_ARGS)
 
-# One process by default: on 2 xdist workers (TEST_WORKERS=2) two Streaming datasets opening at
-# once can race for one shared-memory prefix (seen in 2 of 2 clean-clone runs; docs/TESTING.md).
-# Then conftest runs the slow and the Ray tests in turn on one worker, the rest on the other.
-TEST_WORKERS ?= 0
+# 2 xdist workers: conftest runs the slow and the Ray tests in turn on one worker, the rest on the
+# other (≈30 % faster than one process on 2 cores; docs/TESTING.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
-test: setup ## all tests (slow end-to-end ones included) [TEST_WORKERS=0; 2 = xdist, see docs/TESTING.md]
+test: setup ## all tests (slow end-to-end ones included) [TEST_WORKERS=2 xdist workers; 0 = one process]
 	$(PYTEST)
 
-test-fast: setup ## tests without the slow end-to-end ones [TEST_WORKERS=0; 2 = xdist, see docs/TESTING.md]
+test-fast: setup ## tests without the slow end-to-end ones [TEST_WORKERS=2 xdist workers; 0 = one process]
 	$(PYTEST) -m "not slow"
 
 # MODULES / TESTS (space-separated) replace [tool.mutmut]'s source_paths / test selection in the copy only;

@@ -89,7 +89,7 @@ def pytest_collection_modifyitems(items):
         fixtures = set(getattr(item, "fixturenames", ()))
         for fixture in set(SERVER_MARKERS) & fixtures:
             item.add_marker(SERVER_MARKERS[fixture])
-        # `pytest -n 2 --dist loadgroup` (make test TEST_WORKERS=2): the slow tests and those on the Ray cluster
+        # `pytest -n 2 --dist loadgroup` (make test): the slow tests and those on the Ray cluster
         # run in turn on one worker, never two Ray / DeepSpeed jobs side by side on 2 cores; the
         # others by module, as a module's tests may share fixed names (a spec name is the
         # trainer's and vap eval's streaming cache under /tmp/vap-streaming/<name>)
